@@ -1,0 +1,340 @@
+//! A partition bridge: one actor per assigned Kafka partition. It hands each record to the
+//! actor that owns the record's key (through a [`Router`]), keeps the records that are not yet
+//! durable, stores the lowest contiguous finished offset for commit, retries failures with
+//! backoff, and pauses its partition when too much is in flight.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
+use tokio::sync::oneshot;
+
+use crate::actors::supervision::backoff;
+use crate::config::BridgeConfig;
+use crate::infra::kafka::BridgeConsumer;
+use crate::metrics as m;
+
+/// A Kafka record, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a handler finished with a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The effect is durable.
+    Applied,
+    /// The message id was handled before; nothing changed.
+    Duplicate,
+}
+
+/// Why a handler did not finish a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// Worth retrying (database down, actor restarting, timeout).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The record can never be handled (not a valid envelope). It is logged and skipped;
+    /// the dead-letter topic takes these once it exists.
+    #[error("poison: {0}")]
+    Poison(String),
+}
+
+pub type HandleResult = Result<Handled, HandleError>;
+
+/// Finds (or starts) the actor that owns a record's key and hands it the record. The returned
+/// receiver completes when the effect is durable.
+#[async_trait]
+pub trait Router: Send + Sync + 'static {
+    async fn route(
+        &self,
+        record: Arc<Record>,
+    ) -> Result<oneshot::Receiver<HandleResult>, HandleError>;
+}
+
+pub enum BridgeMsg {
+    Record(Arc<Record>),
+    Finished {
+        offset: i64,
+        result: HandleResult,
+    },
+    Retry {
+        offset: i64,
+    },
+    /// Replies once nothing is in flight (used on shutdown before the final commit).
+    Drain(RpcReplyPort<()>),
+}
+
+pub struct BridgeArgs {
+    pub topic: String,
+    pub partition: i32,
+    pub consumer: Arc<BridgeConsumer>,
+    pub router: Arc<dyn Router>,
+    pub config: BridgeConfig,
+    pub service: &'static str,
+}
+
+pub struct BridgeState {
+    args: BridgeArgs,
+    in_flight: BTreeMap<i64, InFlight>,
+    highest_seen: Option<i64>,
+    last_stored: Option<i64>,
+    paused: bool,
+    drain_waiters: Vec<RpcReplyPort<()>>,
+}
+
+struct InFlight {
+    record: Arc<Record>,
+    attempts: u32,
+}
+
+pub struct PartitionBridge;
+
+impl Actor for PartitionBridge {
+    type Msg = BridgeMsg;
+    type State = BridgeState;
+    type Arguments = BridgeArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: BridgeArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        tracing::debug!(topic = %args.topic, partition = args.partition, "partition bridge started");
+        Ok(BridgeState {
+            args,
+            in_flight: BTreeMap::new(),
+            highest_seen: None,
+            last_stored: None,
+            paused: false,
+            drain_waiters: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BridgeMsg::Record(record) => {
+                let offset = record.offset;
+                if state.highest_seen.is_some_and(|h| offset <= h) {
+                    // Already dispatched (a re-fetch after pause or seek): the first copy counts.
+                    return Ok(());
+                }
+                state.highest_seen = Some(offset);
+                state.in_flight.insert(
+                    offset,
+                    InFlight {
+                        record: record.clone(),
+                        attempts: 0,
+                    },
+                );
+                dispatch(&myself, state, record).await;
+                state.apply_backpressure();
+            }
+            BridgeMsg::Finished { offset, result } => state.on_finished(&myself, offset, result),
+            BridgeMsg::Retry { offset } => {
+                if let Some(entry) = state.in_flight.get(&offset) {
+                    let record = entry.record.clone();
+                    metrics::counter!(m::BRIDGE_RETRIES, "service" => state.args.service)
+                        .increment(1);
+                    dispatch(&myself, state, record).await;
+                }
+            }
+            BridgeMsg::Drain(reply) => {
+                if state.in_flight.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    state.drain_waiters.push(reply);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Routes one record and waits for its result off the actor's loop, so the bridge keeps
+/// dispatching while handlers work. Routing happens in the handler, so records of one key
+/// reach their actor's mailbox in offset order.
+async fn dispatch(myself: &ActorRef<BridgeMsg>, state: &BridgeState, record: Arc<Record>) {
+    let offset = record.offset;
+    let timeout = Duration::from_millis(state.args.config.handler_timeout_ms);
+    let reply = myself.clone();
+    match state.args.router.route(record).await {
+        Ok(rx) => {
+            tokio::spawn(async move {
+                let result = match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(HandleError::Transient(
+                        "handler stopped before replying".into(),
+                    )),
+                    Err(_) => Err(HandleError::Transient(format!(
+                        "no result within {timeout:?}"
+                    ))),
+                };
+                let _ = reply.cast(BridgeMsg::Finished { offset, result });
+            });
+        }
+        Err(e) => {
+            let _ = myself.cast(BridgeMsg::Finished {
+                offset,
+                result: Err(e),
+            });
+        }
+    }
+}
+
+impl BridgeState {
+    fn on_finished(&mut self, myself: &ActorRef<BridgeMsg>, offset: i64, result: HandleResult) {
+        let service = self.args.service;
+        match result {
+            Ok(handled) => {
+                let outcome = match handled {
+                    Handled::Applied => "applied",
+                    Handled::Duplicate => "duplicate",
+                };
+                metrics::counter!(m::BRIDGE_RECORDS, "service" => service, "outcome" => outcome)
+                    .increment(1);
+                self.in_flight.remove(&offset);
+            }
+            Err(HandleError::Poison(reason)) => {
+                tracing::error!(
+                    topic = %self.args.topic, partition = self.args.partition, offset,
+                    %reason, "skipping a record that can never be handled"
+                );
+                metrics::counter!(m::BRIDGE_RECORDS, "service" => service, "outcome" => "poison")
+                    .increment(1);
+                self.in_flight.remove(&offset);
+            }
+            Err(HandleError::Transient(reason)) => {
+                let Some(entry) = self.in_flight.get_mut(&offset) else {
+                    return;
+                };
+                entry.attempts += 1;
+                let delay = backoff(
+                    Duration::from_millis(self.args.config.retry_initial_ms),
+                    Duration::from_millis(self.args.config.retry_max_ms),
+                    entry.attempts - 1,
+                );
+                tracing::warn!(
+                    topic = %self.args.topic, partition = self.args.partition, offset,
+                    attempt = entry.attempts, ?delay, %reason, "record failed; retrying"
+                );
+                myself.send_after(delay, move || BridgeMsg::Retry { offset });
+                return;
+            }
+        }
+        self.store_offset();
+        self.apply_backpressure();
+        if self.in_flight.is_empty() {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Stores the highest offset below which every record is durable; the consumer commits
+    /// stored offsets in the background and on revoke.
+    fn store_offset(&mut self) {
+        let done_through = match self.in_flight.keys().next() {
+            Some(first_pending) => first_pending - 1,
+            None => match self.highest_seen {
+                Some(h) => h,
+                None => return,
+            },
+        };
+        if done_through < 0 || self.last_stored.is_some_and(|s| s >= done_through) {
+            return;
+        }
+        match self
+            .args
+            .consumer
+            .store_offset(&self.args.topic, self.args.partition, done_through)
+        {
+            Ok(()) => self.last_stored = Some(done_through),
+            // The partition was revoked: its next owner redelivers from the last commit.
+            Err(e) => {
+                tracing::debug!(error = %e, partition = self.args.partition, "offset not stored")
+            }
+        }
+    }
+
+    fn apply_backpressure(&mut self) {
+        let limit = self.args.config.max_in_flight;
+        let n = self.in_flight.len();
+        let pause = !self.paused && n >= limit;
+        let resume = self.paused && n <= limit / 2;
+        if !(pause || resume) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.args.topic, self.args.partition);
+        let result = if pause {
+            self.args.consumer.pause(&tpl)
+        } else {
+            self.args.consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => {
+                self.paused = pause;
+                if pause {
+                    metrics::counter!(m::BRIDGE_PAUSES, "service" => self.args.service)
+                        .increment(1);
+                    tracing::info!(
+                        partition = self.args.partition,
+                        in_flight = n,
+                        "partition paused"
+                    );
+                } else {
+                    tracing::info!(
+                        partition = self.args.partition,
+                        in_flight = n,
+                        "partition resumed"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot pause or resume partition"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_found_by_name() {
+        let r = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            key: None,
+            payload: None,
+            headers: vec![("traceparent".into(), "00-x".into())],
+        };
+        assert_eq!(r.header("traceparent"), Some("00-x"));
+        assert_eq!(r.header("missing"), None);
+    }
+}

@@ -1,0 +1,377 @@
+//! The order service supervisor. It owns the Kafka consumer of `order.events`, one partition
+//! bridge per partition it is assigned, and (as supervisor) the order sagas the bridges start.
+//! A failed bridge is restarted and its partition rewound to the last committed offset; a
+//! failed saga is restarted on its next record (the bridge retries it) and rehydrates itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::saga::{OrderSaga, SagaArgs, SagaMsg};
+use crate::actors::bridge::{
+    BridgeArgs, BridgeMsg, HandleError, HandleResult, PartitionBridge, Record, Router,
+};
+use crate::actors::supervision::{Decision, RestartPolicy};
+use crate::config::Config;
+use crate::domain::envelope::{Envelope, topics};
+use crate::infra::kafka::{self, BridgeConsumer, RebalanceEvent};
+use crate::metrics as m;
+use crate::telemetry::TraceContext;
+
+/// Records forwarded from the consumer to the service in one message, at most.
+const MAX_BATCH: usize = 512;
+
+pub enum OrderServiceMsg {
+    Batch(Vec<Record>),
+    Rebalance(RebalanceEvent),
+    RestartBridge {
+        topic: String,
+        partition: i32,
+    },
+    /// Stop consuming, let in-flight records finish, commit offsets, stop children.
+    Shutdown(RpcReplyPort<()>),
+}
+
+pub struct OrderServiceArgs {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    /// Distinguishes this process's actor names from another app's in the same process.
+    pub instance: String,
+}
+
+pub struct OrderServiceState {
+    args: OrderServiceArgs,
+    consumer: Arc<BridgeConsumer>,
+    router: Arc<SagaRouter>,
+    bridges: HashMap<(String, i32), ActorRef<BridgeMsg>>,
+    stop: watch::Sender<bool>,
+    consume_task: Option<JoinHandle<()>>,
+    restarts: RestartPolicy,
+}
+
+pub struct OrderService;
+
+impl Actor for OrderService {
+    type Msg = OrderServiceMsg;
+    type State = OrderServiceState;
+    type Arguments = OrderServiceArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: OrderServiceArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let topic = args.config.topic(topics::ORDER_EVENTS);
+        let (consumer, events) = kafka::consumer(&args.config.kafka, &args.config.group("order"))?;
+        consumer.subscribe(&[&topic])?;
+        let consumer = Arc::new(consumer);
+        let (stop, stop_rx) = watch::channel(false);
+        let consume_task = tokio::spawn(consume(consumer.clone(), events, myself.clone(), stop_rx));
+        let router = Arc::new(SagaRouter {
+            instance: args.instance.clone(),
+            pool: args.pool.clone(),
+            idle_timeout: Duration::from_millis(args.config.saga.idle_timeout_ms),
+            supervisor: myself.get_cell(),
+        });
+        tracing::info!(%topic, "order service consuming");
+        Ok(OrderServiceState {
+            restarts: RestartPolicy::new(&args.config.supervision),
+            args,
+            consumer,
+            router,
+            bridges: HashMap::new(),
+            stop,
+            consume_task: Some(consume_task),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            OrderServiceMsg::Batch(records) => {
+                for record in records {
+                    let bridge = state
+                        .bridge(&myself, &record.topic, record.partition)
+                        .await?;
+                    if bridge.cast(BridgeMsg::Record(Arc::new(record))).is_err() {
+                        tracing::warn!("bridge stopped while records were routed to it");
+                    }
+                }
+            }
+            OrderServiceMsg::Rebalance(RebalanceEvent::Revoked(parts)) => {
+                for key in parts {
+                    if let Some(bridge) = state.bridges.remove(&key) {
+                        tracing::info!(topic = %key.0, partition = key.1, "partition revoked");
+                        bridge.stop(Some("partition revoked".into()));
+                    }
+                }
+            }
+            OrderServiceMsg::Rebalance(RebalanceEvent::Assigned(parts)) => {
+                for (topic, partition) in parts {
+                    tracing::info!(%topic, partition, "partition assigned");
+                }
+            }
+            OrderServiceMsg::RestartBridge { topic, partition } => {
+                state.rewind(&topic, partition);
+                state.bridge(&myself, &topic, partition).await?;
+            }
+            OrderServiceMsg::Shutdown(reply) => {
+                state.shutdown(&myself).await;
+                let _ = reply.send(());
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            let name = cell.get_name().unwrap_or_default();
+            let bridge = state
+                .bridges
+                .iter()
+                .find(|(_, b)| b.get_id() == cell.get_id())
+                .map(|(k, _)| k.clone());
+            match bridge {
+                Some((topic, partition)) => {
+                    state.bridges.remove(&(topic.clone(), partition));
+                    metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-bridge").increment(1);
+                    match state.restarts.on_failure(Instant::now()) {
+                        Decision::RestartAfter(delay) => {
+                            tracing::error!(%name, %error, ?delay, "partition bridge failed; restarting");
+                            myself.send_after(delay, move || OrderServiceMsg::RestartBridge {
+                                topic,
+                                partition,
+                            });
+                        }
+                        Decision::Escalate => {
+                            return Err(format!("partition bridges keep failing: {error}").into());
+                        }
+                    }
+                }
+                None => {
+                    // A saga: the bridge retries its record, which starts a fresh saga that
+                    // rehydrates from PostgreSQL.
+                    metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-saga").increment(1);
+                    tracing::error!(%name, %error, "order saga failed; it restarts on its next record");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OrderServiceState {
+    async fn bridge(
+        &mut self,
+        myself: &ActorRef<OrderServiceMsg>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<ActorRef<BridgeMsg>, ActorProcessingErr> {
+        let key = (topic.to_owned(), partition);
+        if let Some(b) = self.bridges.get(&key) {
+            return Ok(b.clone());
+        }
+        let args = BridgeArgs {
+            topic: topic.to_owned(),
+            partition,
+            consumer: self.consumer.clone(),
+            router: self.router.clone(),
+            config: self.args.config.bridge.clone(),
+            service: "order",
+        };
+        let name = format!("{}/order-bridge/{topic}/{partition}", self.args.instance);
+        let (bridge, _) =
+            Actor::spawn_linked(Some(name), PartitionBridge, args, myself.get_cell()).await?;
+        self.bridges.insert(key, bridge.clone());
+        Ok(bridge)
+    }
+
+    /// After a bridge failed, its in-flight records are gone: re-read the partition from the
+    /// last committed offset (effects already applied are deduplicated by the inbox).
+    fn rewind(&self, topic: &str, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()
+            .and_then(|t| t.find_partition(topic, partition).map(|p| p.offset()));
+        let target = match committed {
+            Some(Offset::Offset(o)) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        if let Err(e) = self
+            .consumer
+            .seek(topic, partition, target, Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, topic, partition, "cannot rewind partition after bridge failure");
+        }
+    }
+
+    async fn shutdown(&mut self, myself: &ActorRef<OrderServiceMsg>) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.consume_task.take() {
+            let _ = task.await;
+        }
+        for bridge in self.bridges.values() {
+            let drained = ractor::call_t!(bridge, BridgeMsg::Drain, 10_000);
+            if drained.is_err() {
+                tracing::warn!("a partition bridge did not drain in time");
+            }
+        }
+        let consumer = self.consumer.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
+        match committed {
+            Ok(Ok(())) => tracing::info!("order service offsets committed"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "nothing to commit on shutdown"),
+            Err(e) => tracing::warn!(error = %e, "offset commit task failed"),
+        }
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+        self.bridges.clear();
+    }
+}
+
+/// Reads the consumer and forwards records in batches (and rebalance events) to the service.
+async fn consume(
+    consumer: Arc<BridgeConsumer>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
+    service: ActorRef<OrderServiceMsg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            Some(event) = events.recv() => {
+                if service.cast(OrderServiceMsg::Rebalance(event)).is_err() { break; }
+            }
+            first = consumer.recv() => {
+                let first = match first {
+                    Ok(m) => to_record(&m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let mut batch = vec![first];
+                // Take whatever else is already fetched, without waiting.
+                while batch.len() < MAX_BATCH {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(m)) => batch.push(to_record(&m)),
+                        _ => break,
+                    }
+                }
+                if service.cast(OrderServiceMsg::Batch(batch)).is_err() { break; }
+            }
+        }
+    }
+}
+
+fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| {
+                    let v = std::str::from_utf8(h.value?).ok()?;
+                    Some((h.key.to_owned(), v.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// Routes order events to the saga of their order, starting it when needed.
+pub struct SagaRouter {
+    instance: String,
+    pool: PgPool,
+    idle_timeout: Duration,
+    supervisor: ActorCell,
+}
+
+impl SagaRouter {
+    pub fn saga_name(instance: &str, order_id: Uuid) -> String {
+        format!("{instance}/order-saga/{order_id}")
+    }
+
+    async fn saga(&self, order_id: Uuid) -> Result<ActorRef<SagaMsg>, HandleError> {
+        let name = Self::saga_name(&self.instance, order_id);
+        if let Some(saga) = ActorRef::<SagaMsg>::where_is(name.clone()) {
+            return Ok(saga);
+        }
+        let args = SagaArgs {
+            order_id,
+            pool: self.pool.clone(),
+            idle_timeout: self.idle_timeout,
+        };
+        match Actor::spawn_linked(Some(name.clone()), OrderSaga, args, self.supervisor.clone())
+            .await
+        {
+            Ok((saga, _)) => Ok(saga),
+            // Registered between the lookup and the spawn, or still stopping: look again.
+            Err(e) => ActorRef::<SagaMsg>::where_is(name)
+                .ok_or_else(|| HandleError::Transient(format!("cannot start saga: {e}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Router for SagaRouter {
+    async fn route(
+        &self,
+        record: Arc<Record>,
+    ) -> Result<oneshot::Receiver<HandleResult>, HandleError> {
+        let payload = record
+            .payload
+            .as_deref()
+            .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
+        let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
+        let saga = self.saga(envelope.order_id.as_uuid()).await?;
+        let trace_id = record
+            .header("traceparent")
+            .and_then(TraceContext::parse)
+            .map(|t| t.trace_id_hex());
+        let (tx, rx) = oneshot::channel();
+        saga.cast(SagaMsg::Deliver {
+            envelope,
+            trace_id,
+            reply: tx.into(),
+        })
+        .map_err(|_| HandleError::Transient("saga stopped before the record arrived".into()))?;
+        Ok(rx)
+    }
+}

@@ -1,0 +1,153 @@
+//! The outbox relay actor: publishes committed outbox rows to Kafka. It is woken right after a
+//! commit (through a `Notify` the API holds) and polls as a fallback, so rows committed by a
+//! process that died are published too.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::OutboxConfig;
+use crate::infra::outbox::{self, OutboxTable};
+use crate::metrics as m;
+
+pub enum RelayMsg {
+    /// Publish everything pending (woken by a commit or the poll timer).
+    Pass,
+    /// Publish everything pending, then reply (shutdown).
+    Flush(RpcReplyPort<usize>),
+}
+
+pub struct RelayArgs {
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub table: OutboxTable,
+    pub config: OutboxConfig,
+    pub wake: Arc<Notify>,
+    pub publish_timeout: Duration,
+}
+
+pub struct RelayState {
+    args: RelayArgs,
+    waker: JoinHandle<()>,
+    last_purge: Instant,
+    failures: u32,
+}
+
+pub struct OutboxRelay;
+
+impl Actor for OutboxRelay {
+    type Msg = RelayMsg;
+    type State = RelayState;
+    type Arguments = RelayArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RelayArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Notify keeps at most one permit, so a burst of commits becomes one or two passes.
+        let wake = args.wake.clone();
+        let poll = args.config.poll_interval();
+        let me = myself.clone();
+        let waker = tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(poll, wake.notified()).await;
+                if me.cast(RelayMsg::Pass).is_err() {
+                    break;
+                }
+            }
+        });
+        myself.cast(RelayMsg::Pass)?;
+        Ok(RelayState {
+            args,
+            waker,
+            last_purge: Instant::now(),
+            failures: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.waker.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RelayMsg::Pass => {
+                state.drain().await;
+            }
+            RelayMsg::Flush(reply) => {
+                let n = state.drain().await;
+                let _ = reply.send(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RelayState {
+    /// Publishes batches until none is full; returns how many rows went out. Failures are
+    /// logged and counted; the rows stay pending and the next pass retries them.
+    async fn drain(&mut self) -> usize {
+        let schema = self.args.table.schema.name();
+        let mut total = 0;
+        loop {
+            let pass = outbox::relay_once(
+                &self.args.pool,
+                &self.args.producer,
+                &self.args.table,
+                self.args.config.batch_size,
+                self.args.publish_timeout,
+            )
+            .await;
+            match pass {
+                Ok(outcome) => {
+                    if self.failures > 0 {
+                        tracing::info!(schema, "outbox relay recovered");
+                        self.failures = 0;
+                    }
+                    total += outcome.published;
+                    metrics::counter!(m::OUTBOX_PUBLISHED, "schema" => schema)
+                        .increment(outcome.published as u64);
+                    if outcome.lock_busy || (outcome.published as i64) < self.args.config.batch_size
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.failures += 1;
+                    metrics::counter!(m::OUTBOX_PUBLISH_ERRORS, "schema" => schema).increment(1);
+                    // Log the first failure of a streak and then every 20th, not every poll.
+                    if self.failures == 1 || self.failures.is_multiple_of(20) {
+                        tracing::warn!(schema, error = %e, failures = self.failures, "outbox publish failed; rows stay pending");
+                    }
+                    break;
+                }
+            }
+        }
+        let retention = Duration::from_secs(self.args.config.retention_secs);
+        if self.last_purge.elapsed() > Duration::from_secs(60) {
+            self.last_purge = Instant::now();
+            match outbox::purge(&self.args.pool, &self.args.table, retention).await {
+                Ok(n) if n > 0 => tracing::debug!(schema, rows = n, "purged published outbox rows"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(schema, error = %e, "outbox purge failed"),
+            }
+        }
+        total
+    }
+}

@@ -1,0 +1,33 @@
+//! The text behind each problem `type` (`/problems/{code}`); docs/api/errors.md lists the same.
+
+pub fn lookup(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "malformed_json" => "The request body is not syntactically valid JSON.",
+        "unknown_field" => "The body has a field the API does not define; fields are strict.",
+        "missing_field" => "A required field is absent from the body.",
+        "invalid_field_type" => {
+            "A field has the wrong JSON type (for example a string where a list is expected)."
+        }
+        "invalid_customer_id" => {
+            "customer_id must be 1-64 characters of letters, digits and ._:@-."
+        }
+        "unknown_currency" => "currency must be an accepted ISO 4217 code such as EUR or USD.",
+        "no_order_lines" => "An order needs at least one line.",
+        "too_many_order_lines" => "An order has at most 100 lines.",
+        "invalid_sku" => "A line's sku must be 1-64 characters of letters, digits and ._-.",
+        "invalid_quantity" => "A line's quantity must be a whole number from 1 to 1000.",
+        "duplicate_sku" => "Each sku may appear on one line only; add the quantities instead.",
+        "unsupported_media_type" => "Send request bodies with Content-Type: application/json.",
+        "body_too_large" => "The body is larger than the configured limit (http.body_limit_bytes).",
+        "length_required" => "Requests with a body must carry a Content-Length header.",
+        "invalid_order_id" => "Order ids are UUIDs as returned by POST /v1/orders.",
+        "order_not_found" => "No order has this id.",
+        "invalid_cursor" => "Pass back the next_cursor value of a previous page unchanged.",
+        "invalid_query" => "A query parameter is unknown or has an invalid value.",
+        "route_not_found" => "No route matches this path.",
+        "method_not_allowed" => "The route exists but not with this HTTP method.",
+        "unknown_problem_type" => "There is no problem type with this code.",
+        "service_unavailable" => "A dependency is unavailable; retry later. Nothing was stored.",
+        _ => return None,
+    })
+}

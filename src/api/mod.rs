@@ -1,0 +1,98 @@
+//! The warp HTTP API: routes per resource (`orders`, `health`), the shared context, and the
+//! error map (`problem`). Every rejection becomes RFC 9457 problem+json.
+
+pub mod errors_doc;
+pub mod health;
+pub mod orders;
+pub mod problem;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use warp::Filter;
+
+use crate::config::Config;
+use crate::infra::redis::RedisPool;
+
+/// What request handlers share. Cheap to clone (everything inside is a handle).
+#[derive(Clone)]
+pub struct ApiContext {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub redis: RedisPool,
+    pub s3: aws_sdk_s3::Client,
+    pub outbox_wake: Arc<Notify>,
+    pub metrics: PrometheusHandle,
+    /// Serve `/v1` (the `api` service); health and metrics are always served.
+    pub serve_v1: bool,
+}
+
+fn with_ctx(ctx: ApiContext) -> impl Filter<Extract = (ApiContext,), Error = Infallible> + Clone {
+    warp::any().map(move || ctx.clone())
+}
+
+/// All routes, with problem+json errors and request metrics.
+pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let ops = health::routes(ctx.clone());
+    let problems = warp::path!("problems" / String)
+        .and(warp::get())
+        .and_then(|code: String| async move { problem::describe(&code) })
+        .map(warp::Reply::into_response);
+    let base = ops.or(problems).unify();
+    let all = if ctx.serve_v1 {
+        base.or(orders::routes(ctx)).unify().boxed()
+    } else {
+        base.boxed()
+    };
+    all.recover(problem::recover)
+        .unify()
+        .with(warp::log::custom(record_metrics))
+        .map(warp::Reply::into_response)
+        .boxed()
+}
+
+fn record_metrics(info: warp::log::Info<'_>) {
+    let route = route_label(info.path());
+    let status = info.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => info.method().to_string(), "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => route)
+        .record(info.elapsed().as_secs_f64());
+}
+
+/// A bounded label for a path (ids replaced by placeholders).
+fn route_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "orders"] => "/v1/orders",
+        ["v1", "orders", _] => "/v1/orders/{id}",
+        ["health", "live"] => "/health/live",
+        ["health", "ready"] => "/health/ready",
+        ["metrics"] => "/metrics",
+        ["problems", _] => "/problems/{code}",
+        _ => "other",
+    }
+}
+
+/// Time since a request started, for handlers that log their own latency.
+pub fn elapsed_ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn route_labels_never_contain_ids() {
+        assert_eq!(route_label("/v1/orders/0190-abc"), "/v1/orders/{id}");
+        assert_eq!(route_label("/v1/orders"), "/v1/orders");
+        assert_eq!(route_label("/anything/else/x"), "other");
+    }
+}

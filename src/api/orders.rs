@@ -1,0 +1,245 @@
+//! `/v1/orders`: place an order (stored with its `OrderPlaced` outbox row in one transaction),
+//! read one, and list them with cursor pagination.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Serialize;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use super::problem::ApiError;
+use super::{ApiContext, with_ctx};
+use crate::domain::envelope::{Envelope, OrderPlaced, topics};
+use crate::domain::ids::OrderId;
+use crate::domain::order::{OrderStatus, PlaceOrder};
+use crate::infra::db::orders::{self as repo, OrderFilter, OrderRecord, OutboxMessage};
+use crate::telemetry::TraceContext;
+
+pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let limit = ctx.config.http.body_limit_bytes;
+    let place = warp::path!("v1" / "orders")
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("traceparent"))
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .and_then(place_order);
+    let get = warp::path!("v1" / "orders" / String)
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and_then(get_order);
+    let list = warp::path!("v1" / "orders")
+        .and(warp::get())
+        .and(with_ctx(ctx))
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(list_orders);
+    place.or(get).unify().or(list).unify().boxed()
+}
+
+fn reject(e: ApiError) -> Rejection {
+    warp::reject::custom(e)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Rejection {
+    reject(ApiError::Unavailable(e.to_string()))
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false)
+}
+
+async fn place_order(
+    ctx: ApiContext,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    body: Bytes,
+) -> Result<warp::reply::Response, Rejection> {
+    if !is_json(content_type.as_deref()) {
+        return Err(reject(ApiError::UnsupportedMediaType));
+    }
+    let request: PlaceOrder =
+        serde_json::from_slice(&body).map_err(|e| reject(ApiError::from_json(&e)))?;
+    let order = request.validate().map_err(|e| reject(e.into()))?;
+    let trace = traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceContext::new_root);
+    let id = OrderId::new();
+    let now = Utc::now();
+    let placed = OrderPlaced {
+        customer_id: order.customer_id.clone(),
+        currency: order.currency,
+        lines: order.lines.clone(),
+    };
+    let envelope = Envelope::new(id, &placed, now);
+    let record = repo::insert_order(
+        &ctx.pool,
+        id,
+        &order,
+        now,
+        &trace.trace_id_hex(),
+        OutboxMessage {
+            topic: topics::ORDER_EVENTS,
+            envelope: &envelope,
+            traceparent: Some(trace.to_header()),
+        },
+    )
+    .await
+    .map_err(unavailable)?;
+    ctx.outbox_wake.notify_one();
+    metrics::counter!(crate::metrics::ORDERS_ACCEPTED).increment(1);
+    tracing::info!(order_id = %id, trace_id = %trace.trace_id_hex(), lines = order.lines.len(), "order accepted");
+    let location = format!("/v1/orders/{id}");
+    let reply = warp::reply::with_status(warp::reply::json(&record), StatusCode::CREATED);
+    let reply = warp::reply::with_header(reply, "location", location);
+    Ok(warp::reply::with_header(reply, "traceparent", trace.to_header()).into_response())
+}
+
+async fn get_order(id: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
+    let uuid = Uuid::try_parse(&id).map_err(|_| reject(ApiError::InvalidOrderId(id.clone())))?;
+    match repo::get_order(&ctx.pool, uuid)
+        .await
+        .map_err(unavailable)?
+    {
+        Some(order) => Ok(warp::reply::json(&order).into_response()),
+        None => Err(reject(ApiError::OrderNotFound(uuid.to_string()))),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct OrderPage {
+    items: Vec<OrderRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// Cursors are opaque to clients: a version tag and the last order id of the page.
+fn encode_cursor(id: Uuid) -> String {
+    format!("c1{}", id.simple())
+}
+
+fn decode_cursor(s: &str) -> Result<Uuid, ApiError> {
+    let hex = s.strip_prefix("c1").ok_or(ApiError::InvalidCursor)?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::InvalidCursor);
+    }
+    Uuid::try_parse(hex).map_err(|_| ApiError::InvalidCursor)
+}
+
+fn parse_filter(
+    query: &HashMap<String, String>,
+    default_limit: u32,
+    max_limit: u32,
+) -> Result<OrderFilter, ApiError> {
+    let mut filter = OrderFilter {
+        limit: default_limit,
+        ..OrderFilter::default()
+    };
+    for (key, value) in query {
+        match key.as_str() {
+            "status" => {
+                filter.status = Some(value.parse::<OrderStatus>().map_err(|()| {
+                    ApiError::InvalidQuery(format!(
+                        "status must be one of PENDING, CONFIRMED, CANCELLED; got {value:?}"
+                    ))
+                })?);
+            }
+            "customer_id" => {
+                let c = crate::domain::ids::CustomerId::parse(value).ok_or_else(|| {
+                    ApiError::InvalidQuery(format!(
+                        "customer_id {value:?} is not a valid customer id"
+                    ))
+                })?;
+                filter.customer_id = Some(c.as_str().to_owned());
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|l| (1..=max_limit).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::InvalidQuery(format!(
+                            "limit must be a number from 1 to {max_limit}"
+                        ))
+                    })?;
+            }
+            "cursor" => filter.before = Some(decode_cursor(value)?),
+            other => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "unknown query parameter {other:?}; expected status, customer_id, limit, cursor"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+async fn list_orders(
+    ctx: ApiContext,
+    query: HashMap<String, String>,
+) -> Result<warp::reply::Response, Rejection> {
+    let http = &ctx.config.http;
+    let filter =
+        parse_filter(&query, http.default_page_size, http.max_page_size).map_err(reject)?;
+    let items = repo::list_orders(&ctx.pool, &filter)
+        .await
+        .map_err(unavailable)?;
+    let next_cursor = (items.len() == filter.limit as usize)
+        .then(|| items.last().map(|o| encode_cursor(o.order_id)))
+        .flatten();
+    Ok(warp::reply::json(&OrderPage { items, next_cursor }).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_tampering() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)), Ok(id));
+        for bad in [
+            "",
+            "c1",
+            "c2abc",
+            "c1zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "c1' OR 1=1 --",
+        ] {
+            assert_eq!(decode_cursor(bad), Err(ApiError::InvalidCursor), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_parse_and_reject_unknown_parameters() {
+        let q: HashMap<String, String> = [("status", "PENDING"), ("limit", "10")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let f = parse_filter(&q, 50, 500);
+        assert_eq!(f.as_ref().map(|f| f.limit).ok(), Some(10));
+        assert_eq!(f.ok().and_then(|f| f.status), Some(OrderStatus::Pending));
+        let q: HashMap<String, String> = [("sort".to_owned(), "asc".to_owned())]
+            .into_iter()
+            .collect();
+        assert!(parse_filter(&q, 50, 500).is_err());
+        let q: HashMap<String, String> =
+            [("limit".to_owned(), "0".to_owned())].into_iter().collect();
+        assert!(parse_filter(&q, 50, 500).is_err());
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("Application/JSON; charset=utf-8")));
+        assert!(!is_json(Some("text/plain")));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,279 @@
+//! One error → HTTP map: every API error has a stable code, a status and a documentation link,
+//! rendered as RFC 9457 `application/problem+json`. Each error is logged once, here.
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reject::Reject;
+use warp::{Rejection, Reply};
+
+use crate::domain::order::OrderValidationError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    UnknownField(String),
+    #[error("{0}")]
+    MissingField(String),
+    #[error("{0}")]
+    InvalidFieldType(String),
+    #[error(transparent)]
+    Validation(#[from] OrderValidationError),
+    #[error("requests with a body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("the body is larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("a Content-Length header is required")]
+    LengthRequired,
+    #[error("{0:?} is not a valid order id (a UUID)")]
+    InvalidOrderId(String),
+    #[error("no order with id {0}")]
+    OrderNotFound(String),
+    #[error("the cursor is not one this API returned")]
+    InvalidCursor,
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("no problem type {0:?}")]
+    UnknownProblem(String),
+    /// A dependency failed; the detail is logged, never shown.
+    #[error("the service is temporarily unavailable")]
+    Unavailable(String),
+}
+
+impl Reject for ApiError {}
+
+impl ApiError {
+    /// The stable machine-readable code (also the last segment of the `type` URI).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::UnknownField(_) => "unknown_field",
+            ApiError::MissingField(_) => "missing_field",
+            ApiError::InvalidFieldType(_) => "invalid_field_type",
+            ApiError::Validation(v) => match v {
+                OrderValidationError::InvalidCustomerId => "invalid_customer_id",
+                OrderValidationError::UnknownCurrency(_) => "unknown_currency",
+                OrderValidationError::NoLines => "no_order_lines",
+                OrderValidationError::TooManyLines(_) => "too_many_order_lines",
+                OrderValidationError::InvalidSku { .. } => "invalid_sku",
+                OrderValidationError::InvalidQuantity { .. } => "invalid_quantity",
+                OrderValidationError::DuplicateSku { .. } => "duplicate_sku",
+            },
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::LengthRequired => "length_required",
+            ApiError::InvalidOrderId(_) => "invalid_order_id",
+            ApiError::OrderNotFound(_) => "order_not_found",
+            ApiError::InvalidCursor => "invalid_cursor",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::RouteNotFound => "route_not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UnknownProblem(_) => "unknown_problem_type",
+            ApiError::Unavailable(_) => "service_unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_)
+            | ApiError::UnknownField(_)
+            | ApiError::MissingField(_)
+            | ApiError::InvalidFieldType(_)
+            | ApiError::InvalidOrderId(_)
+            | ApiError::InvalidCursor
+            | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::OrderNotFound(_) | ApiError::RouteNotFound | ApiError::UnknownProblem(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "Bad request",
+            StatusCode::UNPROCESSABLE_ENTITY => "Invalid order",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
+            s => s.canonical_reason().unwrap_or("Error"),
+        }
+    }
+
+    /// Classifies a serde_json error from a request body.
+    pub fn from_json(e: &serde_json::Error) -> Self {
+        let msg = e.to_string();
+        match e.classify() {
+            serde_json::error::Category::Data if msg.starts_with("unknown field") => {
+                ApiError::UnknownField(msg)
+            }
+            serde_json::error::Category::Data if msg.starts_with("missing field") => {
+                ApiError::MissingField(msg)
+            }
+            serde_json::error::Category::Data => ApiError::InvalidFieldType(msg),
+            _ => ApiError::MalformedJson(msg),
+        }
+    }
+}
+
+/// The RFC 9457 body.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    pub code: &'static str,
+}
+
+impl Problem {
+    pub fn from_error(e: &ApiError) -> Self {
+        Self {
+            kind: format!("/problems/{}", e.code()),
+            title: e.title(),
+            status: e.status().as_u16(),
+            detail: e.to_string(),
+            code: e.code(),
+        }
+    }
+}
+
+pub fn reply(e: &ApiError) -> warp::reply::Response {
+    let body = Problem::from_error(e);
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = warp::reply::Response::new(json.into());
+    *resp.status_mut() = e.status();
+    resp.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+/// Turns every rejection into a problem+json response, logging it once.
+pub async fn recover(
+    rejection: Rejection,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
+    let error = if let Some(e) = rejection.find::<ApiError>() {
+        e.clone()
+    } else if rejection.is_not_found() {
+        ApiError::RouteNotFound
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::BodyTooLarge(0)
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::LengthRequired
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::UnsupportedMediaType
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::InvalidQuery(e.to_string())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::InvalidQuery(e.to_string())
+    } else {
+        ApiError::Unavailable(format!("unhandled rejection: {rejection:?}"))
+    };
+    match &error {
+        ApiError::Unavailable(internal) => {
+            tracing::error!(code = error.code(), %internal, "request failed")
+        }
+        _ => tracing::info!(code = error.code(), detail = %error, "request rejected"),
+    }
+    if let ApiError::Validation(_) | ApiError::MalformedJson(_) | ApiError::UnknownField(_) = &error
+    {
+        metrics::counter!(crate::metrics::ORDERS_REJECTED, "code" => error.code()).increment(1);
+    }
+    Ok(reply(&error))
+}
+
+/// `GET /problems/{code}`: the documentation behind each problem `type`.
+pub fn describe(code: &str) -> Result<impl Reply + use<>, Rejection> {
+    let text = crate::api::errors_doc::lookup(code)
+        .ok_or_else(|| warp::reject::custom(ApiError::UnknownProblem(code.to_owned())))?;
+    Ok(warp::reply::json(
+        &serde_json::json!({ "code": code, "description": text }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_are_classified() {
+        let unknown = serde_json::from_str::<crate::domain::order::PlaceOrder>(
+            r#"{"customer_id":"c","currency":"EUR","lines":[],"x":1}"#,
+        );
+        let e = unknown.err().map(|e| ApiError::from_json(&e));
+        assert_eq!(e.map(|e| e.code()), Some("unknown_field"));
+        let bad = serde_json::from_str::<crate::domain::order::PlaceOrder>("{");
+        assert_eq!(
+            bad.err().map(|e| ApiError::from_json(&e).code()),
+            Some("malformed_json")
+        );
+        let missing =
+            serde_json::from_str::<crate::domain::order::PlaceOrder>(r#"{"currency":"EUR"}"#);
+        assert_eq!(
+            missing.err().map(|e| ApiError::from_json(&e).code()),
+            Some("missing_field")
+        );
+    }
+
+    #[test]
+    fn unavailable_hides_its_detail() {
+        let p = Problem::from_error(&ApiError::Unavailable("password=hunter2".into()));
+        assert!(!p.detail.contains("hunter2"));
+        assert_eq!(p.status, 503);
+    }
+
+    #[test]
+    fn every_code_is_documented() {
+        let samples = [
+            ApiError::MalformedJson(String::new()),
+            ApiError::UnknownField(String::new()),
+            ApiError::MissingField(String::new()),
+            ApiError::InvalidFieldType(String::new()),
+            ApiError::Validation(OrderValidationError::NoLines),
+            ApiError::Validation(OrderValidationError::InvalidCustomerId),
+            ApiError::Validation(OrderValidationError::UnknownCurrency(String::new())),
+            ApiError::Validation(OrderValidationError::TooManyLines(0)),
+            ApiError::Validation(OrderValidationError::InvalidSku { line: 0 }),
+            ApiError::Validation(OrderValidationError::InvalidQuantity { line: 0 }),
+            ApiError::Validation(OrderValidationError::DuplicateSku {
+                line: 0,
+                sku: String::new(),
+            }),
+            ApiError::UnsupportedMediaType,
+            ApiError::BodyTooLarge(0),
+            ApiError::LengthRequired,
+            ApiError::InvalidOrderId(String::new()),
+            ApiError::OrderNotFound(String::new()),
+            ApiError::InvalidCursor,
+            ApiError::InvalidQuery(String::new()),
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::UnknownProblem(String::new()),
+            ApiError::Unavailable(String::new()),
+        ];
+        for e in samples {
+            assert!(
+                crate::api::errors_doc::lookup(e.code()).is_some(),
+                "{} undocumented",
+                e.code()
+            );
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The app builder: wires configuration, adapters, the supervision tree and the HTTP server
+//! into a running system, and shuts it down in order. Tests start the real thing on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use rdkafka::producer::{FutureProducer, Producer};
+use sqlx::PgPool;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::actors::Service;
+use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
+use crate::api::{self, ApiContext};
+use crate::config::Config;
+use crate::domain::envelope::topics;
+use crate::infra::{db, kafka, redis, s3};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaAdapterError),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot bind the HTTP listener to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the supervision tree did not start: {0}")]
+    Actors(String),
+}
+
+/// A running orderflow process.
+pub struct App {
+    addr: SocketAddr,
+    root: ActorRef<RootMsg>,
+    root_task: JoinHandle<()>,
+    http_stop: Option<oneshot::Sender<()>>,
+    http_task: JoinHandle<()>,
+    producer: FutureProducer,
+    pool: PgPool,
+}
+
+impl App {
+    /// Connects, migrates, provisions topics, starts the supervision tree for `services` and
+    /// the HTTP server. Returns once everything runs.
+    pub async fn build(config: Config, services: &[Service]) -> Result<App, StartError> {
+        let config = Arc::new(config);
+        let metrics = crate::metrics::install();
+        let pool = db::connect(&config.database)?;
+        if config.database.migrate_on_start {
+            db::migrate(&pool).await?;
+        }
+        kafka::ensure_topics(&config, topics::ALL).await?;
+        let producer = kafka::producer(&config.kafka)?;
+        let redis = redis::pool(&config.redis)?;
+        let s3 = s3::client(&config.s3);
+        if let Err(e) = s3::ensure_bucket(&s3, &config.s3.bucket).await {
+            // Not fatal: documents are stored later and readiness reports S3.
+            tracing::warn!(error = %e, bucket = %config.s3.bucket, "bucket not ready");
+        }
+        let outbox_wake = Arc::new(Notify::new());
+        let instance = uuid::Uuid::now_v7().simple().to_string();
+
+        let (root, root_handle) = Actor::spawn(
+            Some(format!("{instance}/root")),
+            RootSupervisor,
+            RootArgs {
+                config: config.clone(),
+                services: services.to_vec(),
+                pool: pool.clone(),
+                producer: producer.clone(),
+                outbox_wake: outbox_wake.clone(),
+                instance,
+            },
+        )
+        .await
+        .map_err(|e| StartError::Actors(e.to_string()))?;
+        let root_task = tokio::spawn(async move {
+            let _ = root_handle.await;
+        });
+
+        let ctx = ApiContext {
+            config: config.clone(),
+            pool: pool.clone(),
+            producer: producer.clone(),
+            redis,
+            s3,
+            outbox_wake,
+            metrics,
+            serve_v1: services.contains(&Service::Api),
+        };
+        let listener = tokio::net::TcpListener::bind(config.http.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http.bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.http.bind,
+            source,
+        })?;
+        let (http_stop, stop_rx) = oneshot::channel::<()>();
+        let server = warp::serve(api::routes(ctx))
+            .incoming(listener)
+            .graceful(async move {
+                let _ = stop_rx.await;
+            });
+        let http_task = tokio::spawn(server.run());
+        tracing::info!(%addr, services = ?services, "orderflow started");
+        Ok(App {
+            addr,
+            root,
+            root_task,
+            http_stop: Some(http_stop),
+            http_task,
+            producer,
+            pool,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resolves when the supervision tree stops by itself (a restart budget was spent).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.root_task).await;
+    }
+
+    /// Ordered shutdown: stop intake, drain the services and commit their offsets, flush the
+    /// outbox and the producer, close the pool.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        if let Some(stop) = self.http_stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.http_task).await;
+        let _ = ractor::call_t!(self.root, RootMsg::Shutdown, 60_000);
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.root_task).await;
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        self.pool.close().await;
+        tracing::info!("shutdown complete");
+    }
+}

@@ -1,0 +1,611 @@
+//! Typed configuration, loaded once: defaults that work with `scripts/infra`, then an optional
+//! TOML file (`--config` or `ORDERFLOW_CONFIG`), then `ORDERFLOW_*` environment variables.
+//! Secrets are redacted in `Debug` and in `orderflow config`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret string: its `Debug` and `Serialize` never show the value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// A URL that may carry a password (`postgres://user:pass@host/db`): shown with the password
+/// replaced by `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host…` with `[redacted]`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}://{}:[redacted]{}",
+            &url[..scheme_end],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub s3: S3Config,
+    pub outbox: OutboxConfig,
+    pub saga: SagaConfig,
+    pub bridge: BridgeConfig,
+    pub supervision: SupervisionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the API listens on; port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    /// Largest accepted request body.
+    pub body_limit_bytes: u64,
+    /// Orders per page when `limit` is not given, and the largest `limit` accepted.
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+    /// Time a readiness probe waits for each dependency.
+    pub ready_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: SecretUrl,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when the process starts (`orderflow migrate` does it alone).
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Prepended to every topic name (isolates tests and tenants on one cluster).
+    pub topic_prefix: String,
+    /// Prepended to every consumer group id.
+    pub group_prefix: String,
+    /// Partitions and replication factor used when this process creates a missing topic.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Producer batching delay.
+    pub linger_ms: u64,
+    pub request_timeout_ms: u64,
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: SecretUrl,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: Secret,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by local servers.
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Run the relay in processes that run a service owning an outbox.
+    pub relay_enabled: bool,
+    /// Rows published per transaction.
+    pub batch_size: i64,
+    /// Fallback polling interval when no commit wakes the relay.
+    pub poll_interval_ms: u64,
+    /// Published rows are deleted after this long.
+    pub retention_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SagaConfig {
+    /// A saga with nothing to do for this long stops; it is rehydrated on its next message.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Records of one partition dispatched and not yet durable before the partition pauses.
+    pub max_in_flight: usize,
+    /// How long a handler may take before the bridge retries the record.
+    pub handler_timeout_ms: u64,
+    /// Retry backoff for a failed record: initial and cap.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within `restart_window_secs` before a supervisor gives up.
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info,orderflow=debug`.
+    pub filter: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 64 * 1024,
+            default_page_size: 50,
+            max_page_size: 500,
+            ready_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("postgres://orderflow:orderflow@127.0.0.1:5432/orderflow"),
+            max_connections: 32,
+            acquire_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            group_prefix: "orderflow.".into(),
+            partitions: 6,
+            replication_factor: 1,
+            linger_ms: 2,
+            request_timeout_ms: 10_000,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("redis://127.0.0.1:6379"),
+            pool_size: 16,
+        }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:4566".into(),
+            region: "us-east-1".into(),
+            bucket: "orderflow-documents".into(),
+            access_key: "orderflow".into(),
+            secret_key: Secret::new("orderflow-secret"),
+            force_path_style: true,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            relay_enabled: true,
+            batch_size: 500,
+            poll_interval_ms: 500,
+            retention_secs: 3_600,
+        }
+    }
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 2_000,
+            handler_timeout_ms: 10_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 10,
+            restart_window_secs: 60,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the process environment; validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies `ORDERFLOW_<SECTION>_<FIELD>` overrides read through `lookup`.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let env = Env { lookup: &lookup };
+        env.parse("ORDERFLOW_HTTP_BIND", &mut self.http.bind)?;
+        env.parse(
+            "ORDERFLOW_HTTP_BODY_LIMIT_BYTES",
+            &mut self.http.body_limit_bytes,
+        )?;
+        env.secret_url("ORDERFLOW_DATABASE_URL", &mut self.database.url);
+        env.parse(
+            "ORDERFLOW_DATABASE_MAX_CONNECTIONS",
+            &mut self.database.max_connections,
+        )?;
+        env.parse(
+            "ORDERFLOW_DATABASE_MIGRATE_ON_START",
+            &mut self.database.migrate_on_start,
+        )?;
+        env.string("ORDERFLOW_KAFKA_BROKERS", &mut self.kafka.brokers);
+        env.string("ORDERFLOW_KAFKA_TOPIC_PREFIX", &mut self.kafka.topic_prefix);
+        env.string("ORDERFLOW_KAFKA_GROUP_PREFIX", &mut self.kafka.group_prefix);
+        env.parse("ORDERFLOW_KAFKA_PARTITIONS", &mut self.kafka.partitions)?;
+        env.parse(
+            "ORDERFLOW_KAFKA_REPLICATION_FACTOR",
+            &mut self.kafka.replication_factor,
+        )?;
+        env.parse("ORDERFLOW_KAFKA_LINGER_MS", &mut self.kafka.linger_ms)?;
+        env.secret_url("ORDERFLOW_REDIS_URL", &mut self.redis.url);
+        env.string("ORDERFLOW_S3_ENDPOINT", &mut self.s3.endpoint);
+        env.string("ORDERFLOW_S3_REGION", &mut self.s3.region);
+        env.string("ORDERFLOW_S3_BUCKET", &mut self.s3.bucket);
+        env.string("ORDERFLOW_S3_ACCESS_KEY", &mut self.s3.access_key);
+        if let Some(v) = lookup("ORDERFLOW_S3_SECRET_KEY") {
+            self.s3.secret_key = Secret::new(v);
+        }
+        env.parse(
+            "ORDERFLOW_OUTBOX_RELAY_ENABLED",
+            &mut self.outbox.relay_enabled,
+        )?;
+        env.parse("ORDERFLOW_OUTBOX_BATCH_SIZE", &mut self.outbox.batch_size)?;
+        env.parse(
+            "ORDERFLOW_OUTBOX_POLL_INTERVAL_MS",
+            &mut self.outbox.poll_interval_ms,
+        )?;
+        env.parse(
+            "ORDERFLOW_SAGA_IDLE_TIMEOUT_MS",
+            &mut self.saga.idle_timeout_ms,
+        )?;
+        env.parse(
+            "ORDERFLOW_BRIDGE_MAX_IN_FLIGHT",
+            &mut self.bridge.max_in_flight,
+        )?;
+        if let Some(v) = lookup("ORDERFLOW_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "json" => LogFormat::Json,
+                "pretty" => LogFormat::Pretty,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "ORDERFLOW_LOG_FORMAT".into(),
+                        value: v,
+                        reason: "expected json or pretty".into(),
+                    });
+                }
+            };
+        }
+        env.string("ORDERFLOW_LOG", &mut self.log.filter);
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.http.body_limit_bytes < 1024 {
+            return bad("http.body_limit_bytes must be at least 1024");
+        }
+        if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size
+        {
+            return bad("http.default_page_size must be between 1 and http.max_page_size");
+        }
+        if self.database.max_connections < 2 {
+            return bad("database.max_connections must be at least 2");
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers must not be empty");
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+            return bad("kafka.partitions and kafka.replication_factor must be at least 1");
+        }
+        if !(1..=10_000).contains(&self.outbox.batch_size) {
+            return bad("outbox.batch_size must be between 1 and 10000");
+        }
+        if self.bridge.max_in_flight == 0 {
+            return bad("bridge.max_in_flight must be at least 1");
+        }
+        if self.supervision.max_restarts == 0 {
+            return bad("supervision.max_restarts must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets redacted (`orderflow config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{}", self.kafka.topic_prefix, logical)
+    }
+
+    pub fn group(&self, service: &str) -> String {
+        format!("{}{}", self.kafka.group_prefix, service)
+    }
+}
+
+impl OutboxConfig {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+struct Env<'a, F: Fn(&str) -> Option<String>> {
+    lookup: &'a F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    fn string(&self, name: &str, target: &mut String) {
+        if let Some(v) = (self.lookup)(name) {
+            *target = v;
+        }
+    }
+    fn secret_url(&self, name: &str, target: &mut SecretUrl) {
+        if let Some(v) = (self.lookup)(name) {
+            *target = SecretUrl::new(v);
+        }
+    }
+    fn parse<T: FromStr>(&self, name: &str, target: &mut T) -> Result<(), ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        if let Some(v) = (self.lookup)(name) {
+            *target = v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.to_owned(),
+                value: v.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let mut c = Config::default();
+        let r = c.apply_env(env(&[
+            ("ORDERFLOW_HTTP_BIND", "0.0.0.0:9999"),
+            ("ORDERFLOW_KAFKA_TOPIC_PREFIX", "t1."),
+            ("ORDERFLOW_OUTBOX_BATCH_SIZE", "42"),
+        ]));
+        assert!(r.is_ok());
+        assert_eq!(c.http.bind.port(), 9999);
+        assert_eq!(c.topic("order.events"), "t1.order.events");
+        assert_eq!(c.outbox.batch_size, 42);
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let mut c = Config::default();
+        let err = c.apply_env(env(&[("ORDERFLOW_KAFKA_PARTITIONS", "many")]));
+        let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("ORDERFLOW_KAFKA_PARTITIONS"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut c = Config::default();
+        let r = c.apply_env(env(&[
+            ("ORDERFLOW_DATABASE_URL", "postgres://app:hunter2@db:5432/x"),
+            ("ORDERFLOW_S3_SECRET_KEY", "s3cr3t"),
+        ]));
+        assert!(r.is_ok());
+        let shown = format!("{c:?}\n{}", c.to_redacted_toml());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:[redacted]@db:5432/x"),
+            "{shown}"
+        );
+        assert_eq!(c.database.url.expose(), "postgres://app:hunter2@db:5432/x");
+    }
+
+    #[test]
+    fn redact_url_leaves_urls_without_password_alone() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:[redacted]@h:1/0");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn validation_rejects_nonsense() {
+        let mut c = Config::default();
+        c.outbox.batch_size = 0;
+        assert!(c.validate().is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn file_sections_are_strict() {
+        let parsed: Result<Config, _> =
+            toml::from_str("[http]\nbind = \"127.0.0.1:1\"\nbogus = 1\n");
+        assert!(parsed.is_err());
+        let parsed: Result<Config, _> = toml::from_str("[kafka]\npartitions = 3\n");
+        assert_eq!(parsed.map(|c| c.kafka.partitions).ok(), Some(3));
+    }
+}

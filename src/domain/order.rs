@@ -1,0 +1,244 @@
+//! Orders: the intake request, its validation into a `NewOrder`, and the order's status.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{CustomerId, Sku};
+use super::money::Currency;
+
+pub const MAX_LINES: usize = 100;
+pub const MAX_QUANTITY: i64 = 1_000;
+
+/// The body of `POST /v1/orders` as it arrives. Fields stay loose (`serde_json::Number` for the
+/// quantity) so that every kind of bad value gets its own error code from [`PlaceOrder::validate`]
+/// instead of a generic deserialization failure.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    pub customer_id: String,
+    pub currency: String,
+    pub lines: Vec<PlaceOrderLine>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderLine {
+    pub sku: String,
+    pub quantity: serde_json::Number,
+}
+
+/// A validated order line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: Sku,
+    pub quantity: u32,
+}
+
+/// A validated order, ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub customer_id: CustomerId,
+    pub currency: Currency,
+    pub lines: Vec<OrderLine>,
+}
+
+/// Why an order request is invalid. Each variant maps to one stable API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderValidationError {
+    #[error(
+        "customer_id must be 1-{} characters of letters, digits and ._:@-",
+        CustomerId::MAX_LEN
+    )]
+    InvalidCustomerId,
+    #[error("currency {0:?} is not an accepted ISO 4217 code")]
+    UnknownCurrency(String),
+    #[error("an order needs at least one line")]
+    NoLines,
+    #[error("an order has at most {MAX_LINES} lines, got {0}")]
+    TooManyLines(usize),
+    #[error(
+        "line {line}: sku must be 1-{} characters of letters, digits and ._-",
+        Sku::MAX_LEN
+    )]
+    InvalidSku { line: usize },
+    #[error("line {line}: quantity must be a whole number from 1 to {MAX_QUANTITY}")]
+    InvalidQuantity { line: usize },
+    #[error("line {line}: sku {sku} appears more than once")]
+    DuplicateSku { line: usize, sku: String },
+}
+
+impl PlaceOrder {
+    pub fn validate(&self) -> Result<NewOrder, OrderValidationError> {
+        let customer_id =
+            CustomerId::parse(&self.customer_id).ok_or(OrderValidationError::InvalidCustomerId)?;
+        let currency = Currency::parse(&self.currency)
+            .ok_or_else(|| OrderValidationError::UnknownCurrency(self.currency.clone()))?;
+        if self.lines.is_empty() {
+            return Err(OrderValidationError::NoLines);
+        }
+        if self.lines.len() > MAX_LINES {
+            return Err(OrderValidationError::TooManyLines(self.lines.len()));
+        }
+        let mut seen = HashSet::with_capacity(self.lines.len());
+        let mut lines = Vec::with_capacity(self.lines.len());
+        for (i, line) in self.lines.iter().enumerate() {
+            let sku = Sku::parse(&line.sku).ok_or(OrderValidationError::InvalidSku { line: i })?;
+            let quantity = line
+                .quantity
+                .as_i64()
+                .filter(|q| (1..=MAX_QUANTITY).contains(q))
+                .and_then(|q| u32::try_from(q).ok())
+                .ok_or(OrderValidationError::InvalidQuantity { line: i })?;
+            if !seen.insert(sku.clone()) {
+                return Err(OrderValidationError::DuplicateSku {
+                    line: i,
+                    sku: sku.to_string(),
+                });
+            }
+            lines.push(OrderLine { sku, quantity });
+        }
+        Ok(NewOrder {
+            customer_id,
+            currency,
+            lines,
+        })
+    }
+}
+
+/// Where an order stands, as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Confirmed => "CONFIRMED",
+            OrderStatus::Cancelled => "CANCELLED",
+        }
+    }
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, OrderStatus::Confirmed | OrderStatus::Cancelled)
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrderStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "PENDING" => Ok(OrderStatus::Pending),
+            "CONFIRMED" => Ok(OrderStatus::Confirmed),
+            "CANCELLED" => Ok(OrderStatus::Cancelled),
+            _ => Err(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> PlaceOrder {
+        match serde_json::from_str(json) {
+            Ok(r) => r,
+            Err(e) => panic!("test request does not parse: {e}"),
+        }
+    }
+
+    fn with_lines(lines: &str) -> PlaceOrder {
+        request(&format!(
+            r#"{{"customer_id":"c1","currency":"EUR","lines":{lines}}}"#
+        ))
+    }
+
+    #[test]
+    fn a_good_order_validates() {
+        let order =
+            with_lines(r#"[{"sku":"A-1","quantity":2},{"sku":"B-2","quantity":1000}]"#).validate();
+        let order = order.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(order.lines.len(), 2);
+        assert_eq!(order.lines[1].quantity, 1000);
+        assert_eq!(order.currency.code(), "EUR");
+    }
+
+    #[test]
+    fn each_bad_quantity_is_rejected_with_its_line() {
+        for q in ["0", "-1", "1001", "1.5", "1e30", "99999999999999999999"] {
+            let err = with_lines(&format!(
+                r#"[{{"sku":"A","quantity":1}},{{"sku":"B","quantity":{q}}}]"#
+            ))
+            .validate();
+            assert_eq!(
+                err,
+                Err(OrderValidationError::InvalidQuantity { line: 1 }),
+                "quantity {q}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_too_many_and_duplicate_lines_are_rejected() {
+        assert_eq!(
+            with_lines("[]").validate(),
+            Err(OrderValidationError::NoLines)
+        );
+        let many: Vec<String> = (0..101)
+            .map(|i| format!(r#"{{"sku":"S{i}","quantity":1}}"#))
+            .collect();
+        assert_eq!(
+            with_lines(&format!("[{}]", many.join(","))).validate(),
+            Err(OrderValidationError::TooManyLines(101))
+        );
+        assert!(matches!(
+            with_lines(r#"[{"sku":"A","quantity":1},{"sku":"A","quantity":2}]"#).validate(),
+            Err(OrderValidationError::DuplicateSku { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_currency_and_bad_customer_are_rejected() {
+        let r =
+            request(r#"{"customer_id":"c1","currency":"XYZ","lines":[{"sku":"A","quantity":1}]}"#);
+        assert_eq!(
+            r.validate(),
+            Err(OrderValidationError::UnknownCurrency("XYZ".into()))
+        );
+        let r =
+            request(r#"{"customer_id":"","currency":"EUR","lines":[{"sku":"A","quantity":1}]}"#);
+        assert_eq!(r.validate(), Err(OrderValidationError::InvalidCustomerId));
+    }
+
+    #[test]
+    fn unknown_fields_do_not_deserialize() {
+        let r = serde_json::from_str::<PlaceOrder>(
+            r#"{"customer_id":"c1","currency":"EUR","lines":[],"discount":5}"#,
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for s in [
+            OrderStatus::Pending,
+            OrderStatus::Confirmed,
+            OrderStatus::Cancelled,
+        ] {
+            assert_eq!(s.as_str().parse::<OrderStatus>(), Ok(s));
+        }
+        assert!("pending".parse::<OrderStatus>().is_err());
+    }
+}

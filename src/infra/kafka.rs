@@ -1,0 +1,164 @@
+//! Kafka: the idempotent producer, consumer configuration with rebalance notifications, topic
+//! provisioning and a metadata probe for readiness.
+
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, KafkaConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaAdapterError {
+    #[error("kafka client error: {0}")]
+    Client(#[from] KafkaError),
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("kafka metadata probe failed: {0}")]
+    Probe(String),
+}
+
+fn base_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", "orderflow")
+        .set("socket.keepalive.enable", "true");
+    c
+}
+
+/// An idempotent producer: retries never duplicate or reorder within a partition.
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaAdapterError> {
+    Ok(base_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", config.request_timeout_ms.to_string())
+        .create()?)
+}
+
+/// Partition assignment changes seen by a consumer, forwarded to the service that owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Forwards rebalance callbacks (which run inside the consumer's poll) to a channel, so the
+/// owner creates and stops partition bridges outside librdkafka's thread.
+pub struct BridgeContext {
+    events: mpsc::UnboundedSender<RebalanceEvent>,
+}
+
+impl ClientContext for BridgeContext {}
+
+impl ConsumerContext for BridgeContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            // The receiver is gone only when the service is stopping.
+            let _ = self.events.send(RebalanceEvent::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let _ = self.events.send(RebalanceEvent::Assigned(parts));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
+        }
+    }
+}
+
+pub type BridgeConsumer = StreamConsumer<BridgeContext>;
+
+/// A consumer for `group` that stores offsets only when told (after the effect is durable)
+/// and commits stored offsets in the background and on revoke.
+pub fn consumer(
+    config: &KafkaConfig,
+    group: &str,
+) -> Result<(BridgeConsumer, mpsc::UnboundedReceiver<RebalanceEvent>), KafkaAdapterError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let consumer = base_config(config)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout_ms / 4).to_string(),
+        )
+        .set("fetch.wait.max.ms", "10")
+        .create_with_context(BridgeContext { events: tx })?;
+    Ok((consumer, rx))
+}
+
+/// Creates the given topics when missing (idempotent).
+pub async fn ensure_topics(config: &Config, logical: &[&str]) -> Result<(), KafkaAdapterError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(&config.kafka).create()?;
+    let names: Vec<String> = logical.iter().map(|t| config.topic(t)).collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            NewTopic::new(
+                n,
+                config.kafka.partitions,
+                TopicReplication::Fixed(config.kafka.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaAdapterError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// Asks the cluster for metadata (readiness): proves a broker answers.
+pub async fn probe(producer: &FutureProducer, timeout: Duration) -> Result<(), KafkaAdapterError> {
+    use rdkafka::producer::Producer;
+    let client = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        client
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|m| m.brokers().len())
+    })
+    .await
+    .map_err(|e| KafkaAdapterError::Probe(e.to_string()))?
+    .map_err(KafkaAdapterError::Client)
+    .and_then(|brokers| {
+        if brokers == 0 {
+            Err(KafkaAdapterError::Probe("no brokers in metadata".into()))
+        } else {
+            Ok(())
+        }
+    })
+}

@@ -1,0 +1,7 @@
+//! Adapters to the outside systems, one module each. Nothing here knows about actors or HTTP.
+
+pub mod db;
+pub mod kafka;
+pub mod outbox;
+pub mod redis;
+pub mod s3;

@@ -1,0 +1,83 @@
+//! The `orderflow` command: parses the CLI and calls into the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderflow::actors::Service;
+use orderflow::{App, Config};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(
+    name = "orderflow",
+    version,
+    about = "E-commerce order pipeline: five services, one saga per order"
+)]
+struct Cli {
+    /// A TOML configuration file (environment variables ORDERFLOW_* override it).
+    #[arg(long, global = true, env = "ORDERFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run services until SIGTERM or Ctrl-C.
+    Serve {
+        /// `all` or a comma-separated list (api, order).
+        #[arg(long, default_value = "all")]
+        services: String,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Place demo orders against a running API and show them flowing through Kafka.
+    Demo {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value_t = 3)]
+        orders: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    orderflow::telemetry::init(&config.log);
+    match cli.command {
+        Command::Config => {
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            let pool = orderflow::infra::db::connect(&config.database)?;
+            orderflow::infra::db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Serve { services } => {
+            let services = Service::parse_list(&services).map_err(anyhow::Error::msg)?;
+            serve(config, services).await
+        }
+        Command::Demo { url, orders } => demo::run(&config, &url, orders).await,
+    }
+}
+
+async fn serve(config: Config, services: Vec<Service>) -> anyhow::Result<()> {
+    let mut app = App::build(config, &services)
+        .await
+        .context("starting orderflow")?;
+    println!("orderflow listening on http://{}", app.local_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => app.shutdown().await,
+        _ = term.recv() => app.shutdown().await,
+        _ = app.stopped() => anyhow::bail!("the supervision tree stopped: a restart budget was spent"),
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Metrics in one place: every name and its help text, and the Prometheus recorder. Labels are
+//! bounded sets (route, code, service); never an order id.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "orderflow_http_requests_total";
+pub const HTTP_DURATION: &str = "orderflow_http_request_duration_seconds";
+pub const ORDERS_ACCEPTED: &str = "orderflow_orders_accepted_total";
+pub const ORDERS_REJECTED: &str = "orderflow_orders_rejected_total";
+pub const OUTBOX_PUBLISHED: &str = "orderflow_outbox_published_total";
+pub const OUTBOX_PUBLISH_ERRORS: &str = "orderflow_outbox_publish_errors_total";
+pub const OUTBOX_BATCH_SECONDS: &str = "orderflow_outbox_batch_seconds";
+pub const BRIDGE_RECORDS: &str = "orderflow_bridge_records_total";
+pub const BRIDGE_RETRIES: &str = "orderflow_bridge_retries_total";
+pub const BRIDGE_PAUSES: &str = "orderflow_bridge_partition_pauses_total";
+pub const BRIDGE_IN_FLIGHT: &str = "orderflow_bridge_in_flight";
+pub const SAGA_EVENTS: &str = "orderflow_saga_events_total";
+pub const SAGA_ACTIVE: &str = "orderflow_saga_actors_active";
+pub const ACTOR_RESTARTS: &str = "orderflow_actor_restarts_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once and returns the handle `/metrics` renders.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .map(PrometheusBuilder::build_recorder);
+            let recorder = match recorder {
+                Ok(r) => r,
+                // Only an empty bucket list fails; fall back to summaries.
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours simply stays unused.
+            drop(metrics::set_global_recorder(recorder));
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");
+    describe_histogram!(HTTP_DURATION, "HTTP request latency by route");
+    describe_counter!(ORDERS_ACCEPTED, "Orders committed by the API");
+    describe_counter!(ORDERS_REJECTED, "Order requests rejected, by error code");
+    describe_counter!(
+        OUTBOX_PUBLISHED,
+        "Outbox rows published to Kafka, by schema"
+    );
+    describe_counter!(
+        OUTBOX_PUBLISH_ERRORS,
+        "Outbox batches that failed to publish"
+    );
+    describe_histogram!(
+        OUTBOX_BATCH_SECONDS,
+        "Time to publish and mark one outbox batch"
+    );
+    describe_counter!(
+        BRIDGE_RECORDS,
+        "Kafka records handled by partition bridges, by outcome"
+    );
+    describe_counter!(BRIDGE_RETRIES, "Records retried by partition bridges");
+    describe_counter!(
+        BRIDGE_PAUSES,
+        "Times a bridge paused its partition for backpressure"
+    );
+    describe_gauge!(
+        BRIDGE_IN_FLIGHT,
+        "Records dispatched and not yet durable, per service"
+    );
+    describe_counter!(SAGA_EVENTS, "Events applied by order sagas, by outcome");
+    describe_gauge!(SAGA_ACTIVE, "Order saga actors alive");
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "Actors restarted by their supervisor, by actor kind"
+    );
+}
