@@ -45,6 +45,7 @@ pub struct App {
     http_task: JoinHandle<()>,
     producer: FutureProducer,
     pool: PgPool,
+    instance: String,
 }
 
 impl App {
@@ -77,7 +78,7 @@ impl App {
                 pool: pool.clone(),
                 producer: producer.clone(),
                 outbox_wake: outbox_wake.clone(),
-                instance,
+                instance: instance.clone(),
             },
         )
         .await
@@ -122,11 +123,17 @@ impl App {
             http_task,
             producer,
             pool,
+            instance,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The prefix of this process's actor names (`{instance}/order-service`, …).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Resolves when the supervision tree stops by itself (a restart budget was spent).

@@ -1,0 +1,300 @@
+//! Shared test support: every test gets its own PostgreSQL database and its own Kafka topic and
+//! group prefix on the real local servers (`scripts/infra up`), so tests run in parallel.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use orderflow::actors::Service;
+use orderflow::config::SecretUrl;
+use orderflow::domain::envelope::Envelope;
+use orderflow::{App, Config};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+/// One test's isolated slice of the infrastructure.
+pub struct TestEnv {
+    pub config: Config,
+    pub db_name: String,
+    pub pool: PgPool,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        let mut config = Config::load(None).unwrap_or_else(|e| panic!("test config: {e}"));
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let short = &id[id.len() - 12..];
+        let db_name = format!("of_test_{short}");
+        let admin = PgPool::connect(config.database.url.expose())
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL (is scripts/infra up?): {e}"));
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("create database {db_name}: {e}"));
+        admin.close().await;
+        let base = config.database.url.expose().to_owned();
+        let url = match base.rfind('/') {
+            Some(i) => format!("{}/{db_name}", &base[..i]),
+            None => panic!("database url without a database name: {base}"),
+        };
+        config.database.url = SecretUrl::new(url.clone());
+        config.database.max_connections = 8;
+        config.kafka.topic_prefix = format!("t{short}.");
+        config.kafka.group_prefix = format!("t{short}.");
+        config.kafka.partitions = 3;
+        config.http.bind = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        config.outbox.poll_interval_ms = 200;
+        let pool = PgPool::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {db_name}: {e}"));
+        TestEnv {
+            config,
+            db_name,
+            pool,
+        }
+    }
+
+    /// Starts the real app in this process on a free port.
+    pub async fn spawn(&self, services: &[Service]) -> TestApp {
+        let app = App::build(self.config.clone(), services)
+            .await
+            .unwrap_or_else(|e| panic!("app did not start: {e}"));
+        let base = format!("http://{}", app.local_addr());
+        TestApp {
+            app,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Environment variables that point a child `orderflow` process at this test's slice.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        let c = &self.config;
+        vec![
+            (
+                "ORDERFLOW_DATABASE_URL".into(),
+                c.database.url.expose().to_owned(),
+            ),
+            ("ORDERFLOW_KAFKA_BROKERS".into(), c.kafka.brokers.clone()),
+            (
+                "ORDERFLOW_KAFKA_TOPIC_PREFIX".into(),
+                c.kafka.topic_prefix.clone(),
+            ),
+            (
+                "ORDERFLOW_KAFKA_GROUP_PREFIX".into(),
+                c.kafka.group_prefix.clone(),
+            ),
+            (
+                "ORDERFLOW_KAFKA_PARTITIONS".into(),
+                c.kafka.partitions.to_string(),
+            ),
+            ("ORDERFLOW_HTTP_BIND".into(), "127.0.0.1:0".into()),
+            ("ORDERFLOW_OUTBOX_POLL_INTERVAL_MS".into(), "200".into()),
+            (
+                "ORDERFLOW_REDIS_URL".into(),
+                c.redis.url.expose().to_owned(),
+            ),
+            ("ORDERFLOW_S3_ENDPOINT".into(), c.s3.endpoint.clone()),
+            ("ORDERFLOW_LOG".into(), "info".into()),
+        ]
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query(sql)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Drops the test database (call at the end of a passing test).
+    pub async fn cleanup(self) {
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&admin_url(&self.config)).await {
+            let _ = sqlx::query(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+fn admin_url(config: &Config) -> String {
+    let url = config.database.url.expose();
+    match url.rfind('/') {
+        Some(i) => format!("{}/orderflow", &url[..i]),
+        None => url.to_owned(),
+    }
+}
+
+pub struct TestApp {
+    pub app: App,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn place_order(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/orders"))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /v1/orders: {e}"))
+    }
+}
+
+pub fn order_body(customer: &str, lines: &[(&str, u32)]) -> serde_json::Value {
+    serde_json::json!({
+        "customer_id": customer,
+        "currency": "EUR",
+        "lines": lines.iter().map(|(sku, q)| serde_json::json!({"sku": sku, "quantity": q})).collect::<Vec<_>>(),
+    })
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A record read back from Kafka by a real consumer.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub envelope: Envelope,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning with a fresh consumer group until `done` says the records
+/// seen so far are enough, or panics after `timeout`.
+pub async fn read_topic(
+    config: &Config,
+    logical_topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
+    let topic = config.topic(logical_topic);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set(
+            "group.id",
+            format!("reader-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap_or_else(|e| panic!("test consumer: {e}"));
+    consumer
+        .subscribe(&[&topic])
+        .unwrap_or_else(|e| panic!("subscribe {topic}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            panic!("timed out reading {topic}: {} records seen", seen.len());
+        }
+        let msg = match tokio::time::timeout(left.min(Duration::from_millis(500)), consumer.recv())
+            .await
+        {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => panic!("consume {topic}: {e}"),
+            Err(_) => continue,
+        };
+        let envelope = Envelope::decode(msg.payload().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("record on {topic} is not an envelope: {e}"));
+        let headers = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| {
+                        Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        seen.push(Seen {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+            envelope,
+            headers,
+        });
+    }
+    seen
+}
+
+/// How many records the topic holds in all (sum of high watermarks).
+pub fn topic_size(config: &Config, logical_topic: &str) -> i64 {
+    let topic = config.topic(logical_topic);
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap_or_else(|e| panic!("test consumer: {e}"));
+    (0..config.kafka.partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                .map(|(low, high)| high - low)
+                .unwrap_or_else(|e| panic!("watermarks of {topic}[{p}]: {e}"))
+        })
+        .sum()
+}
+
+/// True when `group` has committed every record of the topic (its lag is zero).
+pub fn group_caught_up(config: &Config, group: &str, logical_topic: &str) -> bool {
+    use rdkafka::{Offset, TopicPartitionList};
+    let topic = config.topic(logical_topic);
+    let consumer: rdkafka::consumer::BaseConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", group)
+        .create()
+    {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..config.kafka.partitions {
+        tpl.add_partition(&topic, p);
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
+        return false;
+    };
+    (0..config.kafka.partitions).all(|p| {
+        let high = consumer
+            .fetch_watermarks(&topic, p, Duration::from_secs(5))
+            .map(|(_, h)| h)
+            .unwrap_or(i64::MAX);
+        let done = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        };
+        done >= high
+    })
+}
