@@ -298,3 +298,69 @@ pub fn group_caught_up(config: &Config, group: &str, logical_topic: &str) -> boo
         done >= high
     })
 }
+
+/// An `orderflow serve` child process, for tests that kill whole processes.
+pub struct ChildProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl ChildProcess {
+    /// Starts `orderflow serve --services <services>` for this test's slice and waits until it
+    /// prints its address. Logs go to `<target>/chaos-logs/<db>-<n>.log`.
+    pub async fn start(env: &TestEnv, services: &str, extra_env: &[(&str, &str)]) -> ChildProcess {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-logs");
+        let _ = std::fs::create_dir_all(&logs);
+        let log_path = logs.join(format!("{}-{}.log", env.db_name, uuid::Uuid::now_v7().simple()));
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        cmd.args(["serve", "--services", services])
+            .envs(env.child_env())
+            .envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn orderflow: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| unreachable!());
+        let mut lines = BufReader::new(stdout).lines();
+        let base = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix("orderflow listening on ") {
+                    return Some(addr.trim().to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("orderflow did not start; see {}", log_path.display()));
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ChildProcess { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM and wait for the ordered shutdown; returns whether it exited successfully.
+    pub async fn terminate(mut self) -> bool {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+}

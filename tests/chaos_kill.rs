@@ -1,0 +1,138 @@
+//! Whole-process kills: orders whose transaction committed are never lost, whatever instant the
+//! process dies at. After a restart every committed order's `OrderPlaced` is on the topic
+//! (duplicates allowed) and each order is recorded by its saga exactly once.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use orderflow::domain::envelope::topics;
+use serde_json::Value;
+use sqlx::Row;
+use support::{ChildProcess, TestEnv, eventually, order_body, read_topic, topic_size};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn order_ids(env: &TestEnv) -> HashSet<String> {
+    sqlx::query("SELECT id::text FROM orders.orders")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
+        .collect()
+}
+
+/// After restart: every committed order is on the topic and recorded once by its saga.
+async fn assert_nothing_lost(env: &TestEnv, committed: &HashSet<String>) {
+    let seen = read_topic(&env.config, topics::ORDER_EVENTS, WAIT, |s| {
+        let keys: HashSet<&str> = s.iter().map(|r| r.key.as_str()).collect();
+        committed.iter().all(|id| keys.contains(id.as_str()))
+    })
+    .await;
+    assert!(seen.iter().all(|r| r.envelope.kind == "OrderPlaced"));
+    let expected = committed.len() as i64;
+    eventually(WAIT, "every committed order is recorded by its saga", || async {
+        (env.count("SELECT count(DISTINCT order_id) FROM orders.saga_journal").await == expected)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.saga_journal").await,
+        expected,
+        "an order was recorded twice"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'PLACED'").await,
+        expected
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_once_after_restart() {
+    let env = TestEnv::new().await;
+    // An intake-only process: orders commit with their outbox rows, nothing relays them yet.
+    let intake = ChildProcess::start(&env, "api", &[]).await;
+    let http = reqwest::Client::new();
+    let mut accepted = HashSet::new();
+    for i in 0..40 {
+        let resp = http
+            .post(intake.url("/v1/orders"))
+            .json(&order_body(&format!("c{}", i % 4), &[("SKU-1", 1), ("SKU-2", 2)]))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status().as_u16(), 201);
+        let body: Value = resp.json().await.unwrap_or_default();
+        accepted.insert(body["order_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL").await,
+        40
+    );
+    intake.kill().await;
+    assert_eq!(topic_size(&env.config, topics::ORDER_EVENTS), 0, "nothing was published before the kill");
+    assert_eq!(order_ids(&env).await, accepted);
+
+    let full = ChildProcess::start(&env, "all", &[]).await;
+    assert_nothing_lost(&env, &accepted).await;
+    assert!(full.terminate().await, "SIGTERM ends the process cleanly");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_committed_order() {
+    let env = TestEnv::new().await;
+    let first = ChildProcess::start(&env, "all", &[]).await;
+    let url = first.url("/v1/orders");
+    let accepted = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+
+    // Eight clients post as fast as they can; the process is killed mid-stream.
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (url, accepted, count) = (url.clone(), accepted.clone(), count.clone());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0..100 {
+                let body = order_body(&format!("load-{c}"), &[("SKU-L", i % 5 + 1)]);
+                match http.post(&url).json(&body).send().await {
+                    Ok(resp) if resp.status().as_u16() == 201 => {
+                        let v: Value = resp.json().await.unwrap_or_default();
+                        if let Some(id) = v["order_id"].as_str() {
+                            accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(resp) => panic!("unexpected status {}", resp.status()),
+                    Err(_) => break, // the process is gone
+                }
+            }
+        }));
+    }
+    eventually(WAIT, "150 orders accepted before the kill", || async {
+        (count.load(Ordering::Relaxed) >= 150).then_some(())
+    })
+    .await;
+    first.kill().await;
+    for c in clients {
+        let _ = c.await;
+    }
+    let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let committed = order_ids(&env).await;
+    // Every 201 is durable; a request cut off by the kill may have committed too.
+    assert!(accepted.is_subset(&committed), "an accepted order is missing from PostgreSQL");
+    assert!(committed.len() >= 150);
+
+    let second = ChildProcess::start(&env, "all", &[]).await;
+    assert_nothing_lost(&env, &committed).await;
+    assert!(second.terminate().await);
+    env.cleanup().await;
+}
