@@ -35,10 +35,16 @@ async fn assert_nothing_lost(env: &TestEnv, committed: &HashSet<String>) {
     .await;
     assert!(seen.iter().all(|r| r.envelope.kind == "OrderPlaced"));
     let expected = committed.len() as i64;
-    eventually(WAIT, "every committed order is recorded by its saga", || async {
-        (env.count("SELECT count(DISTINCT order_id) FROM orders.saga_journal").await == expected)
-            .then_some(())
-    })
+    eventually(
+        WAIT,
+        "every committed order is recorded by its saga",
+        || async {
+            (env.count("SELECT count(DISTINCT order_id) FROM orders.saga_journal")
+                .await
+                == expected)
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         env.count("SELECT count(*) FROM orders.saga_journal").await,
@@ -46,17 +52,20 @@ async fn assert_nothing_lost(env: &TestEnv, committed: &HashSet<String>) {
         "an order was recorded twice"
     );
     assert_eq!(
-        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'PLACED'").await,
+        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'PLACED'")
+            .await,
         expected
     );
     assert_eq!(
-        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL").await,
+        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
+            .await,
         0
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_once_after_restart() {
+async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_once_after_restart()
+{
     let env = TestEnv::new().await;
     // An intake-only process: orders commit with their outbox rows, nothing relays them yet.
     let intake = ChildProcess::start(&env, "api", &[]).await;
@@ -65,7 +74,10 @@ async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_
     for i in 0..40 {
         let resp = http
             .post(intake.url("/v1/orders"))
-            .json(&order_body(&format!("c{}", i % 4), &[("SKU-1", 1), ("SKU-2", 2)]))
+            .json(&order_body(
+                &format!("c{}", i % 4),
+                &[("SKU-1", 1), ("SKU-2", 2)],
+            ))
             .send()
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -74,11 +86,16 @@ async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_
         accepted.insert(body["order_id"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(
-        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL").await,
+        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
+            .await,
         40
     );
     intake.kill().await;
-    assert_eq!(topic_size(&env.config, topics::ORDER_EVENTS), 0, "nothing was published before the kill");
+    assert_eq!(
+        topic_size(&env.config, topics::ORDER_EVENTS),
+        0,
+        "nothing was published before the kill"
+    );
     assert_eq!(order_ids(&env).await, accepted);
 
     let full = ChildProcess::start(&env, "all", &[]).await;
@@ -107,7 +124,10 @@ async fn sigkill_under_load_loses_no_committed_order() {
                     Ok(resp) if resp.status().as_u16() == 201 => {
                         let v: Value = resp.json().await.unwrap_or_default();
                         if let Some(id) = v["order_id"].as_str() {
-                            accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
+                            accepted
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(id.to_owned());
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -128,7 +148,10 @@ async fn sigkill_under_load_loses_no_committed_order() {
     let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let committed = order_ids(&env).await;
     // Every 201 is durable; a request cut off by the kill may have committed too.
-    assert!(accepted.is_subset(&committed), "an accepted order is missing from PostgreSQL");
+    assert!(
+        accepted.is_subset(&committed),
+        "an accepted order is missing from PostgreSQL"
+    );
     assert!(committed.len() >= 150);
 
     let second = ChildProcess::start(&env, "all", &[]).await;

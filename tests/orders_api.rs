@@ -96,15 +96,17 @@ async fn placed_order_is_stored_published_and_recorded_by_its_saga() {
     env.cleanup().await;
 }
 
-/// (what is wrong, request builder, expected status, expected code)
-fn bad_requests() -> Vec<(
+/// What is wrong, the HTTP method, the content type, the body, the expected status and code.
+type BadRequest = (
     &'static str,
     &'static str,
     Option<&'static str>,
     String,
     u16,
     &'static str,
-)> {
+);
+
+fn bad_requests() -> Vec<BadRequest> {
     let line = r#"[{"sku":"A","quantity":1}]"#;
     let with = |customer: &str, currency: &str, lines: &str| {
         format!(r#"{{"customer_id":{customer},"currency":{currency},"lines":{lines}}}"#)

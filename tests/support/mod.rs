@@ -312,17 +312,27 @@ impl ChildProcess {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-logs");
         let _ = std::fs::create_dir_all(&logs);
-        let log_path = logs.join(format!("{}-{}.log", env.db_name, uuid::Uuid::now_v7().simple()));
+        let log_path = logs.join(format!(
+            "{}-{}.log",
+            env.db_name,
+            uuid::Uuid::now_v7().simple()
+        ));
         let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"));
         cmd.args(["serve", "--services", services])
             .envs(env.child_env())
-            .envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .envs(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn orderflow: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn orderflow: {e}"));
         let stdout = child.stdout.take().unwrap_or_else(|| unreachable!());
         let mut lines = BufReader::new(stdout).lines();
         let base = tokio::time::timeout(Duration::from_secs(60), async {

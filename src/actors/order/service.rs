@@ -1,18 +1,21 @@
 //! The order service supervisor. It owns the Kafka consumer of `order.events`, one partition
 //! bridge per partition it is assigned, and (as supervisor) the order sagas the bridges start.
-//! A failed bridge is restarted and its partition rewound to the last committed offset; a
-//! failed saga is restarted on its next record (the bridge retries it) and rehydrates itself.
+//!
+//! Restart strategy: a failed saga is restarted on its next record (its bridge retries the
+//! record) and rehydrates itself from PostgreSQL. A bridge that dies takes its in-flight records
+//! with it, so the service fails as a whole ("one for all"): the root restarts it with a new
+//! consumer, which resumes every partition from its last committed offset. Effects already
+//! applied are deduplicated by the inbox.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -22,7 +25,6 @@ use super::saga::{OrderSaga, SagaArgs, SagaMsg};
 use crate::actors::bridge::{
     BridgeArgs, BridgeMsg, HandleError, HandleResult, PartitionBridge, Record, Router,
 };
-use crate::actors::supervision::{Decision, RestartPolicy};
 use crate::config::Config;
 use crate::domain::envelope::{Envelope, topics};
 use crate::infra::kafka::{self, BridgeConsumer, RebalanceEvent};
@@ -35,10 +37,6 @@ const MAX_BATCH: usize = 512;
 pub enum OrderServiceMsg {
     Batch(Vec<Record>),
     Rebalance(RebalanceEvent),
-    RestartBridge {
-        topic: String,
-        partition: i32,
-    },
     /// Stop consuming, let in-flight records finish, commit offsets, stop children.
     Shutdown(RpcReplyPort<()>),
 }
@@ -52,12 +50,25 @@ pub struct OrderServiceArgs {
 
 pub struct OrderServiceState {
     args: OrderServiceArgs,
+    myself: ActorCell,
     consumer: Arc<BridgeConsumer>,
     router: Arc<SagaRouter>,
     bridges: HashMap<(String, i32), ActorRef<BridgeMsg>>,
     stop: watch::Sender<bool>,
     consume_task: Option<JoinHandle<()>>,
-    restarts: RestartPolicy,
+}
+
+/// However the service ends (stopped, failed or killed), its consumer task and its children
+/// go with it, so a restarted service never shares the group with a leftover consumer.
+impl Drop for OrderServiceState {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.consume_task.take() {
+            task.abort();
+        }
+        self.myself
+            .stop_children(Some("order service ended".into()));
+    }
 }
 
 pub struct OrderService;
@@ -86,7 +97,7 @@ impl Actor for OrderService {
         });
         tracing::info!(%topic, "order service consuming");
         Ok(OrderServiceState {
-            restarts: RestartPolicy::new(&args.config.supervision),
+            myself: myself.get_cell(),
             args,
             consumer,
             router,
@@ -126,10 +137,6 @@ impl Actor for OrderService {
                     tracing::info!(%topic, partition, "partition assigned");
                 }
             }
-            OrderServiceMsg::RestartBridge { topic, partition } => {
-                state.rewind(&topic, partition);
-                state.bridge(&myself, &topic, partition).await?;
-            }
             OrderServiceMsg::Shutdown(reply) => {
                 state.shutdown(&myself).await;
                 let _ = reply.send(());
@@ -141,41 +148,32 @@ impl Actor for OrderService {
 
     async fn handle_supervisor_evt(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, error) = event {
-            let name = cell.get_name().unwrap_or_default();
-            let bridge = state
-                .bridges
-                .iter()
-                .find(|(_, b)| b.get_id() == cell.get_id())
-                .map(|(k, _)| k.clone());
-            match bridge {
-                Some((topic, partition)) => {
-                    state.bridges.remove(&(topic.clone(), partition));
-                    metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-bridge").increment(1);
-                    match state.restarts.on_failure(Instant::now()) {
-                        Decision::RestartAfter(delay) => {
-                            tracing::error!(%name, %error, ?delay, "partition bridge failed; restarting");
-                            myself.send_after(delay, move || OrderServiceMsg::RestartBridge {
-                                topic,
-                                partition,
-                            });
-                        }
-                        Decision::Escalate => {
-                            return Err(format!("partition bridges keep failing: {error}").into());
-                        }
-                    }
-                }
-                None => {
-                    // A saga: the bridge retries its record, which starts a fresh saga that
-                    // rehydrates from PostgreSQL.
-                    metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-saga").increment(1);
-                    tracing::error!(%name, %error, "order saga failed; it restarts on its next record");
-                }
+        let (cell, reason, abnormal) = match event {
+            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string(), true),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let reason = reason.unwrap_or_else(|| "stopped".into());
+                let killed = reason == "killed";
+                (cell, reason, killed)
             }
+            _ => return Ok(()),
+        };
+        // Bridges the service stopped itself (revoke, shutdown) are no longer in the map.
+        let is_bridge = state.bridges.values().any(|b| b.get_id() == cell.get_id());
+        let name = cell.get_name().unwrap_or_default();
+        if is_bridge {
+            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-bridge").increment(1);
+            return Err(format!(
+                "partition bridge {name} ended ({reason}); restarting the consumer"
+            )
+            .into());
+        }
+        if abnormal {
+            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-saga").increment(1);
+            tracing::warn!(%name, %reason, "order saga ended; it restarts on its next record");
         }
         Ok(())
     }
@@ -205,28 +203,6 @@ impl OrderServiceState {
             Actor::spawn_linked(Some(name), PartitionBridge, args, myself.get_cell()).await?;
         self.bridges.insert(key, bridge.clone());
         Ok(bridge)
-    }
-
-    /// After a bridge failed, its in-flight records are gone: re-read the partition from the
-    /// last committed offset (effects already applied are deduplicated by the inbox).
-    fn rewind(&self, topic: &str, partition: i32) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(5))
-            .ok()
-            .and_then(|t| t.find_partition(topic, partition).map(|p| p.offset()));
-        let target = match committed {
-            Some(Offset::Offset(o)) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        if let Err(e) = self
-            .consumer
-            .seek(topic, partition, target, Duration::from_secs(5))
-        {
-            tracing::warn!(error = %e, topic, partition, "cannot rewind partition after bridge failure");
-        }
     }
 
     async fn shutdown(&mut self, myself: &ActorRef<OrderServiceMsg>) {

@@ -1,0 +1,145 @@
+//! Supervision: actors killed inside a running process are restarted by their supervisor and
+//! the work they held completes; an ordered shutdown commits what was consumed.
+
+mod support;
+
+use std::time::Duration;
+
+use orderflow::actors::Service;
+use orderflow::domain::envelope::topics;
+use ractor::ActorCell;
+use support::{TestEnv, eventually, order_body};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn actor(name: &str) -> Option<ActorCell> {
+    ractor::registry::where_is(name)
+}
+
+async fn place(app: &support::TestApp, n: usize) {
+    for i in 0..n {
+        let resp = app
+            .place_order(&order_body(&format!("s{i}"), &[("SKU", 1)]))
+            .await;
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+}
+
+async fn recorded(env: &TestEnv, n: i64) {
+    eventually(
+        WAIT,
+        &format!("{n} orders recorded by their sagas"),
+        || async {
+            (env.count("SELECT count(DISTINCT order_id) FROM orders.saga_journal")
+                .await
+                == n)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.saga_journal").await,
+        n,
+        "recorded twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_outbox_relay_is_restarted_and_keeps_publishing() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Api, Service::Order]).await;
+    let name = format!("{}/outbox-relay/orders", app.app.instance());
+    let relay = eventually(WAIT, "the relay is registered", || async { actor(&name) }).await;
+    place(&app, 5).await;
+    recorded(&env, 5).await;
+
+    relay.kill();
+    let restarted = eventually(WAIT, "the root supervisor restarts the relay", || async {
+        actor(&name).filter(|c| c.get_id() != relay.get_id())
+    })
+    .await;
+    assert_ne!(restarted.get_id(), relay.get_id());
+    place(&app, 5).await;
+    recorded(&env, 10).await;
+
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_partition_bridges_are_restarted_and_their_records_complete() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Api, Service::Order]).await;
+    place(&app, 12).await;
+    recorded(&env, 12).await;
+    let topic = env.config.topic(topics::ORDER_EVENTS);
+    let names: Vec<String> = (0..env.config.kafka.partitions)
+        .map(|p| format!("{}/order-bridge/{topic}/{p}", app.app.instance()))
+        .collect();
+    let before: Vec<ActorCell> = names.iter().filter_map(|n| actor(n)).collect();
+    assert!(!before.is_empty(), "12 orders reached at least one bridge");
+
+    // Kill every bridge while new orders flow.
+    for b in &before {
+        b.kill();
+    }
+    place(&app, 12).await;
+    recorded(&env, 24).await;
+    for old in &before {
+        let name = old.get_name().unwrap_or_default();
+        let new = eventually(WAIT, "the bridge is running again", || async {
+            actor(&name)
+        })
+        .await;
+        assert_ne!(new.get_id(), old.get_id(), "{name} was restarted");
+    }
+
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_shutdown_commits_every_consumed_offset() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Api, Service::Order]).await;
+    place(&app, 10).await;
+    recorded(&env, 10).await;
+    app.app.shutdown().await;
+    assert!(
+        support::group_caught_up(
+            &env.config,
+            &env.config.group("order"),
+            topics::ORDER_EVENTS
+        ),
+        "offsets of handled records are committed by shutdown"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
+            .await,
+        0
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sagas_passivate_and_their_state_stays_in_postgres() {
+    let mut env = TestEnv::new().await;
+    env.config.saga.idle_timeout_ms = 200;
+    let app = env.spawn(&[Service::Api, Service::Order]).await;
+    let resp = app.place_order(&order_body("idle", &[("SKU", 1)])).await;
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let id = body["order_id"].as_str().unwrap_or_default().to_owned();
+    recorded(&env, 1).await;
+    let name = format!("{}/order-saga/{id}", app.app.instance());
+    eventually(WAIT, "the idle saga stops", || async {
+        actor(&name).is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'PLACED'")
+            .await,
+        1
+    );
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
