@@ -258,22 +258,19 @@ impl BridgeState {
     /// Stores the highest offset below which every record is durable; the consumer commits
     /// stored offsets in the background and on revoke.
     fn store_offset(&mut self) {
-        let done_through = match self.in_flight.keys().next() {
-            Some(first_pending) => first_pending - 1,
-            None => match self.highest_seen {
-                Some(h) => h,
-                None => return,
-            },
+        let Some(done) = done_through(self.in_flight.keys().next().copied(), self.highest_seen)
+        else {
+            return;
         };
-        if done_through < 0 || self.last_stored.is_some_and(|s| s >= done_through) {
+        if self.last_stored.is_some_and(|s| s >= done) {
             return;
         }
         match self
             .args
             .consumer
-            .store_offset(&self.args.topic, self.args.partition, done_through)
+            .store_offset(&self.args.topic, self.args.partition, done)
         {
-            Ok(()) => self.last_stored = Some(done_through),
+            Ok(()) => self.last_stored = Some(done),
             // The partition was revoked: its next owner redelivers from the last commit.
             Err(e) => {
                 tracing::debug!(error = %e, partition = self.args.partition, "offset not stored")
@@ -320,9 +317,26 @@ impl BridgeState {
     }
 }
 
+/// The last offset through which every dispatched record is finished: just below the oldest
+/// record still in flight, or the highest dispatched when none is.
+fn done_through(oldest_in_flight: Option<i64>, highest_seen: Option<i64>) -> Option<i64> {
+    match oldest_in_flight {
+        Some(first) => (first > 0).then(|| first - 1),
+        None => highest_seen,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_are_stored_only_through_the_oldest_unfinished_record() {
+        assert_eq!(done_through(None, None), None);
+        assert_eq!(done_through(None, Some(41)), Some(41));
+        assert_eq!(done_through(Some(10), Some(41)), Some(9));
+        assert_eq!(done_through(Some(0), Some(3)), None);
+    }
 
     #[test]
     fn headers_are_found_by_name() {
