@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod order;
 pub mod outbox;
 pub mod root;
+pub mod service;
 pub mod supervision;
 
 use std::fmt;

@@ -10,8 +10,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use super::Service;
-use super::order::service::{OrderService, OrderServiceArgs, OrderServiceMsg};
 use super::outbox::{OutboxRelay, RelayArgs, RelayMsg};
+use super::service::{ServiceMsg, ServiceSupervisor};
 use super::supervision::{Decision, RestartPolicy};
 use crate::config::Config;
 use crate::infra::outbox::{OutboxSchema, OutboxTable};
@@ -52,7 +52,7 @@ pub struct RootArgs {
 pub struct RootState {
     args: RootArgs,
     relay: Option<ActorRef<RelayMsg>>,
-    order: Option<ActorRef<OrderServiceMsg>>,
+    order: Option<ActorRef<ServiceMsg>>,
     restarts: RestartPolicy,
     stopping: bool,
 }
@@ -97,7 +97,7 @@ impl Actor for RootSupervisor {
             RootMsg::Shutdown(reply) => {
                 state.stopping = true;
                 if let Some(order) = state.order.take() {
-                    let _ = ractor::call_t!(order, OrderServiceMsg::Shutdown, 30_000);
+                    let _ = ractor::call_t!(order, ServiceMsg::Shutdown, 30_000);
                 }
                 if let Some(relay) = state.relay.take() {
                     match ractor::call_t!(relay, RelayMsg::Flush, 30_000) {
@@ -199,13 +199,14 @@ impl RootState {
                 self.relay = Some(relay);
             }
             Child::OrderService => {
-                let args = OrderServiceArgs {
-                    config: self.args.config.clone(),
-                    pool: self.args.pool.clone(),
-                    instance: instance.clone(),
-                };
+                let args = super::order::router::service(
+                    self.args.config.clone(),
+                    self.args.pool.clone(),
+                    instance.clone(),
+                );
                 let name = format!("{instance}/order-service");
-                let (order, _) = Actor::spawn_linked(Some(name), OrderService, args, cell).await?;
+                let (order, _) =
+                    Actor::spawn_linked(Some(name), ServiceSupervisor, args, cell).await?;
                 self.order = Some(order);
             }
         }

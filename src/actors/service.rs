@@ -1,58 +1,58 @@
-//! The order service supervisor. It owns the Kafka consumer of `order.events`, one partition
-//! bridge per partition it is assigned, and (as supervisor) the order sagas the bridges start.
+//! A service supervisor (one per service: order, inventory, payment, …). It owns the service's
+//! Kafka consumer, one partition bridge per partition it is assigned, and (as supervisor) the
+//! keyed actors its router starts — order sagas, inventory workers, …
 //!
-//! Restart strategy: a failed saga is restarted on its next record (its bridge retries the
-//! record) and rehydrates itself from PostgreSQL. A bridge that dies takes its in-flight records
-//! with it, so the service fails as a whole ("one for all"): the root restarts it with a new
-//! consumer, which resumes every partition from its last committed offset. Effects already
-//! applied are deduplicated by the inbox.
+//! Restart strategy: a failed keyed actor is restarted on its next record (its bridge retries
+//! the record) and reloads what it needs from PostgreSQL. A bridge that dies takes its in-flight
+//! records with it, so the service fails as a whole ("one for all"): the root restarts it with
+//! a new consumer, which resumes every partition from its last committed offset. Effects
+//! already applied are deduplicated by the inbox.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
-use sqlx::PgPool;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
-use super::saga::{OrderSaga, SagaArgs, SagaMsg};
-use crate::actors::bridge::{
-    BridgeArgs, BridgeMsg, HandleError, HandleResult, PartitionBridge, Record, Router,
-};
+use crate::actors::bridge::{BridgeArgs, BridgeMsg, PartitionBridge, Record, Router};
 use crate::config::Config;
-use crate::domain::envelope::{Envelope, topics};
 use crate::infra::kafka::{self, BridgeConsumer, RebalanceEvent};
 use crate::metrics as m;
-use crate::telemetry::TraceContext;
 
 /// Records forwarded from the consumer to the service in one message, at most.
 const MAX_BATCH: usize = 512;
 
-pub enum OrderServiceMsg {
+pub enum ServiceMsg {
     Batch(Vec<Record>),
     Rebalance(RebalanceEvent),
     /// Stop consuming, let in-flight records finish, commit offsets, stop children.
     Shutdown(RpcReplyPort<()>),
 }
 
-pub struct OrderServiceArgs {
+/// Builds a service's router once the supervisor exists (keyed actors are linked to it).
+pub type RouterFactory = Arc<dyn Fn(ActorCell) -> Arc<dyn Router> + Send + Sync>;
+
+pub struct ServiceArgs {
     pub config: Arc<Config>,
-    pub pool: PgPool,
+    /// The service's name: consumer group suffix, actor names, metric label.
+    pub name: &'static str,
+    /// Logical topics the service consumes.
+    pub topics: Vec<&'static str>,
+    pub router: RouterFactory,
     /// Distinguishes this process's actor names from another app's in the same process.
     pub instance: String,
 }
 
-pub struct OrderServiceState {
-    args: OrderServiceArgs,
+pub struct ServiceState {
+    args: ServiceArgs,
     myself: ActorCell,
     consumer: Arc<BridgeConsumer>,
-    router: Arc<SagaRouter>,
+    router: Arc<dyn Router>,
     bridges: HashMap<(String, i32), ActorRef<BridgeMsg>>,
     stop: watch::Sender<bool>,
     consume_task: Option<JoinHandle<()>>,
@@ -60,43 +60,39 @@ pub struct OrderServiceState {
 
 /// However the service ends (stopped, failed or killed), its consumer task and its children
 /// go with it, so a restarted service never shares the group with a leftover consumer.
-impl Drop for OrderServiceState {
+impl Drop for ServiceState {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.consume_task.take() {
             task.abort();
         }
-        self.myself
-            .stop_children(Some("order service ended".into()));
+        self.myself.stop_children(Some("service ended".into()));
     }
 }
 
-pub struct OrderService;
+pub struct ServiceSupervisor;
 
-impl Actor for OrderService {
-    type Msg = OrderServiceMsg;
-    type State = OrderServiceState;
-    type Arguments = OrderServiceArgs;
+impl Actor for ServiceSupervisor {
+    type Msg = ServiceMsg;
+    type State = ServiceState;
+    type Arguments = ServiceArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: OrderServiceArgs,
+        args: ServiceArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let topic = args.config.topic(topics::ORDER_EVENTS);
-        let (consumer, events) = kafka::consumer(&args.config.kafka, &args.config.group("order"))?;
-        consumer.subscribe(&[&topic])?;
+        let topics: Vec<String> = args.topics.iter().map(|t| args.config.topic(t)).collect();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let (consumer, events) =
+            kafka::consumer(&args.config.kafka, &args.config.group(args.name))?;
+        consumer.subscribe(&names)?;
         let consumer = Arc::new(consumer);
         let (stop, stop_rx) = watch::channel(false);
         let consume_task = tokio::spawn(consume(consumer.clone(), events, myself.clone(), stop_rx));
-        let router = Arc::new(SagaRouter {
-            instance: args.instance.clone(),
-            pool: args.pool.clone(),
-            idle_timeout: Duration::from_millis(args.config.saga.idle_timeout_ms),
-            supervisor: myself.get_cell(),
-        });
-        tracing::info!(%topic, "order service consuming");
-        Ok(OrderServiceState {
+        let router = (args.router)(myself.get_cell());
+        tracing::info!(service = args.name, ?topics, "service consuming");
+        Ok(ServiceState {
             myself: myself.get_cell(),
             args,
             consumer,
@@ -114,7 +110,7 @@ impl Actor for OrderService {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            OrderServiceMsg::Batch(records) => {
+            ServiceMsg::Batch(records) => {
                 for record in records {
                     let bridge = state
                         .bridge(&myself, &record.topic, record.partition)
@@ -124,7 +120,7 @@ impl Actor for OrderService {
                     }
                 }
             }
-            OrderServiceMsg::Rebalance(RebalanceEvent::Revoked(parts)) => {
+            ServiceMsg::Rebalance(RebalanceEvent::Revoked(parts)) => {
                 for key in parts {
                     if let Some(bridge) = state.bridges.remove(&key) {
                         tracing::info!(topic = %key.0, partition = key.1, "partition revoked");
@@ -132,12 +128,12 @@ impl Actor for OrderService {
                     }
                 }
             }
-            OrderServiceMsg::Rebalance(RebalanceEvent::Assigned(parts)) => {
+            ServiceMsg::Rebalance(RebalanceEvent::Assigned(parts)) => {
                 for (topic, partition) in parts {
                     tracing::info!(%topic, partition, "partition assigned");
                 }
             }
-            OrderServiceMsg::Shutdown(reply) => {
+            ServiceMsg::Shutdown(reply) => {
                 state.shutdown(&myself).await;
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".into()));
@@ -165,24 +161,26 @@ impl Actor for OrderService {
         let is_bridge = state.bridges.values().any(|b| b.get_id() == cell.get_id());
         let name = cell.get_name().unwrap_or_default();
         if is_bridge {
-            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-bridge").increment(1);
+            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "bridge", "service" => state.args.name)
+                .increment(1);
             return Err(format!(
                 "partition bridge {name} ended ({reason}); restarting the consumer"
             )
             .into());
         }
         if abnormal {
-            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "order-saga").increment(1);
-            tracing::warn!(%name, %reason, "order saga ended; it restarts on its next record");
+            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "keyed", "service" => state.args.name)
+                .increment(1);
+            tracing::warn!(%name, %reason, "keyed actor ended; it restarts on its next record");
         }
         Ok(())
     }
 }
 
-impl OrderServiceState {
+impl ServiceState {
     async fn bridge(
         &mut self,
-        myself: &ActorRef<OrderServiceMsg>,
+        myself: &ActorRef<ServiceMsg>,
         topic: &str,
         partition: i32,
     ) -> Result<ActorRef<BridgeMsg>, ActorProcessingErr> {
@@ -196,16 +194,19 @@ impl OrderServiceState {
             consumer: self.consumer.clone(),
             router: self.router.clone(),
             config: self.args.config.bridge.clone(),
-            service: "order",
+            service: self.args.name,
         };
-        let name = format!("{}/order-bridge/{topic}/{partition}", self.args.instance);
+        let name = format!(
+            "{}/{}-bridge/{topic}/{partition}",
+            self.args.instance, self.args.name
+        );
         let (bridge, _) =
             Actor::spawn_linked(Some(name), PartitionBridge, args, myself.get_cell()).await?;
         self.bridges.insert(key, bridge.clone());
         Ok(bridge)
     }
 
-    async fn shutdown(&mut self, myself: &ActorRef<OrderServiceMsg>) {
+    async fn shutdown(&mut self, myself: &ActorRef<ServiceMsg>) {
         let _ = self.stop.send(true);
         if let Some(task) = self.consume_task.take() {
             let _ = task.await;
@@ -221,7 +222,7 @@ impl OrderServiceState {
             tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
                 .await;
         match committed {
-            Ok(Ok(())) => tracing::info!("order service offsets committed"),
+            Ok(Ok(())) => tracing::info!(service = self.args.name, "offsets committed"),
             Ok(Err(e)) => tracing::debug!(error = %e, "nothing to commit on shutdown"),
             Err(e) => tracing::warn!(error = %e, "offset commit task failed"),
         }
@@ -236,7 +237,7 @@ impl OrderServiceState {
 async fn consume(
     consumer: Arc<BridgeConsumer>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
-    service: ActorRef<OrderServiceMsg>,
+    service: ActorRef<ServiceMsg>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -244,7 +245,7 @@ async fn consume(
             biased;
             _ = stop.changed() => break,
             Some(event) = events.recv() => {
-                if service.cast(OrderServiceMsg::Rebalance(event)).is_err() { break; }
+                if service.cast(ServiceMsg::Rebalance(event)).is_err() { break; }
             }
             first = consumer.recv() => {
                 let first = match first {
@@ -263,7 +264,7 @@ async fn consume(
                         _ => break,
                     }
                 }
-                if service.cast(OrderServiceMsg::Batch(batch)).is_err() { break; }
+                if service.cast(ServiceMsg::Batch(batch)).is_err() { break; }
             }
         }
     }
@@ -288,66 +289,5 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
         headers,
-    }
-}
-
-/// Routes order events to the saga of their order, starting it when needed.
-pub struct SagaRouter {
-    instance: String,
-    pool: PgPool,
-    idle_timeout: Duration,
-    supervisor: ActorCell,
-}
-
-impl SagaRouter {
-    pub fn saga_name(instance: &str, order_id: Uuid) -> String {
-        format!("{instance}/order-saga/{order_id}")
-    }
-
-    async fn saga(&self, order_id: Uuid) -> Result<ActorRef<SagaMsg>, HandleError> {
-        let name = Self::saga_name(&self.instance, order_id);
-        if let Some(saga) = ActorRef::<SagaMsg>::where_is(name.clone()) {
-            return Ok(saga);
-        }
-        let args = SagaArgs {
-            order_id,
-            pool: self.pool.clone(),
-            idle_timeout: self.idle_timeout,
-        };
-        match Actor::spawn_linked(Some(name.clone()), OrderSaga, args, self.supervisor.clone())
-            .await
-        {
-            Ok((saga, _)) => Ok(saga),
-            // Registered between the lookup and the spawn, or still stopping: look again.
-            Err(e) => ActorRef::<SagaMsg>::where_is(name)
-                .ok_or_else(|| HandleError::Transient(format!("cannot start saga: {e}"))),
-        }
-    }
-}
-
-#[async_trait]
-impl Router for SagaRouter {
-    async fn route(
-        &self,
-        record: Arc<Record>,
-    ) -> Result<oneshot::Receiver<HandleResult>, HandleError> {
-        let payload = record
-            .payload
-            .as_deref()
-            .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
-        let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
-        let saga = self.saga(envelope.order_id.as_uuid()).await?;
-        let trace_id = record
-            .header("traceparent")
-            .and_then(TraceContext::parse)
-            .map(|t| t.trace_id_hex());
-        let (tx, rx) = oneshot::channel();
-        saga.cast(SagaMsg::Deliver {
-            envelope,
-            trace_id,
-            reply: tx.into(),
-        })
-        .map_err(|_| HandleError::Transient("saga stopped before the record arrived".into()))?;
-        Ok(rx)
     }
 }
