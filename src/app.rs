@@ -8,7 +8,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::PgPool;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::actors::Service;
@@ -16,6 +16,7 @@ use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::api::{self, ApiContext};
 use crate::config::Config;
 use crate::domain::envelope::topics;
+use crate::infra::outbox::OutboxWakers;
 use crate::infra::{db, kafka, redis, s3};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,7 @@ impl App {
             // Not fatal: documents are stored later and readiness reports S3.
             tracing::warn!(error = %e, bucket = %config.s3.bucket, "bucket not ready");
         }
-        let outbox_wake = Arc::new(Notify::new());
+        let wakers = OutboxWakers::default();
         let instance = uuid::Uuid::now_v7().simple().to_string();
 
         let (root, root_handle) = Actor::spawn(
@@ -77,7 +78,7 @@ impl App {
                 services: services.to_vec(),
                 pool: pool.clone(),
                 producer: producer.clone(),
-                outbox_wake: outbox_wake.clone(),
+                wakers: wakers.clone(),
                 instance: instance.clone(),
             },
         )
@@ -93,7 +94,7 @@ impl App {
             producer: producer.clone(),
             redis,
             s3,
-            outbox_wake,
+            wakers,
             metrics,
             serve_v1: services.contains(&Service::Api),
         };

@@ -99,6 +99,7 @@ pub struct Config {
     pub s3: S3Config,
     pub outbox: OutboxConfig,
     pub saga: SagaConfig,
+    pub inventory: InventoryConfig,
     pub bridge: BridgeConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
@@ -182,6 +183,17 @@ pub struct OutboxConfig {
 pub struct SagaConfig {
     /// A saga with nothing to do for this long stops; it is rehydrated on its next message.
     pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// Keyed worker actors handling inventory commands (one key is always on one worker).
+    pub workers: usize,
+    /// How long a reservation holds stock before the sweeper releases it.
+    pub reservation_ttl_secs: u64,
+    /// How often the sweeper looks for expired reservations.
+    pub expiry_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,6 +308,16 @@ impl Default for SagaConfig {
     fn default() -> Self {
         Self {
             idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            reservation_ttl_secs: 900,
+            expiry_interval_ms: 5_000,
         }
     }
 }
@@ -469,6 +491,9 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.outbox.batch_size) {
             return bad("outbox.batch_size must be between 1 and 10000");
+        }
+        if self.inventory.workers == 0 || self.inventory.expiry_interval_ms == 0 {
+            return bad("inventory.workers and inventory.expiry_interval_ms must be at least 1");
         }
         if self.bridge.max_in_flight == 0 {
             return bad("bridge.max_in_flight must be at least 1");

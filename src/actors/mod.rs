@@ -3,11 +3,13 @@
 //! route records by key to per-entity actors such as the order saga (`order/saga.rs`).
 
 pub mod bridge;
+pub mod inventory;
 pub mod order;
 pub mod outbox;
 pub mod root;
 pub mod service;
 pub mod supervision;
+pub mod worker;
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,18 +21,21 @@ pub enum Service {
     Api,
     /// The order service: outbox relay, partition bridges and order sagas.
     Order,
+    /// The inventory service: catalogue, reservations, its relay and expiry sweeper.
+    Inventory,
 }
 
 impl Service {
     /// Every service this build implements, in start order.
-    pub const ALL: &'static [Service] = &[Service::Order, Service::Api];
+    pub const ALL: &'static [Service] = &[Service::Order, Service::Inventory, Service::Api];
     /// Services of the design that later releases add; asking for them is a clear error.
-    pub const PLANNED: &'static [&'static str] = &["inventory", "payment", "notification", "file"];
+    pub const PLANNED: &'static [&'static str] = &["payment", "notification", "file"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Service::Api => "api",
             Service::Order => "order",
+            Service::Inventory => "inventory",
         }
     }
 
@@ -65,11 +70,12 @@ impl FromStr for Service {
         match s {
             "api" => Ok(Service::Api),
             "order" => Ok(Service::Order),
+            "inventory" => Ok(Service::Inventory),
             other if Self::PLANNED.contains(&other) => Err(format!(
                 "service {other:?} is part of the design but not implemented in this release"
             )),
             other => Err(format!(
-                "unknown service {other:?}; expected all or a list of: api, order"
+                "unknown service {other:?}; expected all or a list of: api, order, inventory"
             )),
         }
     }
@@ -83,7 +89,7 @@ mod tests {
     fn service_lists_parse() {
         assert_eq!(
             Service::parse_list("all"),
-            Ok(vec![Service::Api, Service::Order])
+            Ok(vec![Service::Api, Service::Order, Service::Inventory])
         );
         assert_eq!(
             Service::parse_list("order, api,order"),

@@ -1,43 +1,63 @@
-//! The root supervisor: starts the outbox relay and the selected services, restarts a child
-//! that fails (capped backoff, restart budget), and stops them in order on shutdown.
+//! The root supervisor: starts one outbox relay per schema of the selected services, the
+//! services themselves and their helpers, restarts a child that fails (capped backoff, restart
+//! budget), and stops them in order on shutdown.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 
 use super::Service;
+use super::inventory::expiry::{ExpirySweeper, SweeperArgs};
 use super::outbox::{OutboxRelay, RelayArgs, RelayMsg};
 use super::service::{ServiceMsg, ServiceSupervisor};
 use super::supervision::{Decision, RestartPolicy};
 use crate::config::Config;
-use crate::infra::outbox::{OutboxSchema, OutboxTable};
+use crate::infra::db::messaging::Schema;
+use crate::infra::outbox::{OutboxTable, OutboxWakers};
 use crate::metrics as m;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A child of the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Child {
-    Relay,
-    OrderService,
+    Relay(SchemaKey),
+    Service(Service),
+    ReservationSweeper,
+}
+
+/// `Schema` with an order, for the child map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SchemaKey {
+    Orders,
+    Inventory,
+}
+
+impl SchemaKey {
+    fn schema(self) -> Schema {
+        match self {
+            SchemaKey::Orders => Schema::Orders,
+            SchemaKey::Inventory => Schema::Inventory,
+        }
+    }
 }
 
 impl Child {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> String {
         match self {
-            Child::Relay => "outbox-relay",
-            Child::OrderService => "order-service",
+            Child::Relay(s) => format!("outbox-relay/{}", s.schema().name()),
+            Child::Service(s) => format!("{s}-service"),
+            Child::ReservationSweeper => "reservation-sweeper".into(),
         }
     }
 }
 
 pub enum RootMsg {
     Start(Child),
-    /// Ordered shutdown: services drain and commit, then the relay flushes.
+    /// Ordered shutdown: services drain and commit, then the relays flush.
     Shutdown(RpcReplyPort<()>),
-    /// Which children run (tests and `/health`).
-    Children(RpcReplyPort<Vec<Child>>),
 }
 
 pub struct RootArgs {
@@ -45,14 +65,13 @@ pub struct RootArgs {
     pub services: Vec<Service>,
     pub pool: PgPool,
     pub producer: FutureProducer,
-    pub outbox_wake: Arc<Notify>,
+    pub wakers: OutboxWakers,
     pub instance: String,
 }
 
 pub struct RootState {
     args: RootArgs,
-    relay: Option<ActorRef<RelayMsg>>,
-    order: Option<ActorRef<ServiceMsg>>,
+    children: BTreeMap<Child, ActorCell>,
     restarts: RestartPolicy,
     stopping: bool,
 }
@@ -72,15 +91,11 @@ impl Actor for RootSupervisor {
         let mut state = RootState {
             restarts: RestartPolicy::new(&args.config.supervision),
             args,
-            relay: None,
-            order: None,
+            children: BTreeMap::new(),
             stopping: false,
         };
-        if state.args.services.contains(&Service::Order) {
-            if state.args.config.outbox.relay_enabled {
-                state.start(&myself, Child::Relay).await?;
-            }
-            state.start(&myself, Child::OrderService).await?;
+        for child in state.wanted() {
+            state.start(&myself, child).await?;
         }
         Ok(state)
     }
@@ -96,28 +111,9 @@ impl Actor for RootSupervisor {
             RootMsg::Start(_) => {}
             RootMsg::Shutdown(reply) => {
                 state.stopping = true;
-                if let Some(order) = state.order.take() {
-                    let _ = ractor::call_t!(order, ServiceMsg::Shutdown, 30_000);
-                }
-                if let Some(relay) = state.relay.take() {
-                    match ractor::call_t!(relay, RelayMsg::Flush, 30_000) {
-                        Ok(n) => tracing::info!(published = n, "outbox flushed"),
-                        Err(e) => tracing::warn!(error = %e, "outbox flush did not finish"),
-                    }
-                    relay.stop(Some("shutdown".into()));
-                }
+                state.shutdown().await;
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".into()));
-            }
-            RootMsg::Children(reply) => {
-                let mut children = Vec::new();
-                if state.relay.is_some() {
-                    children.push(Child::Relay);
-                }
-                if state.order.is_some() {
-                    children.push(Child::OrderService);
-                }
-                let _ = reply.send(children);
             }
         }
         Ok(())
@@ -131,86 +127,157 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) if !state.stopping => {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 (cell, reason.unwrap_or_else(|| "stopped".into()))
             }
             _ => return Ok(()),
         };
-        let child = if state
-            .relay
-            .as_ref()
-            .is_some_and(|r| r.get_id() == cell.get_id())
-        {
-            state.relay = None;
-            Child::Relay
-        } else if state
-            .order
-            .as_ref()
-            .is_some_and(|o| o.get_id() == cell.get_id())
-        {
-            state.order = None;
-            Child::OrderService
-        } else {
+        let Some(child) = state
+            .children
+            .iter()
+            .find(|(_, c)| c.get_id() == cell.get_id())
+            .map(|(k, _)| *k)
+        else {
             return Ok(());
         };
+        state.children.remove(&child);
         if state.stopping {
             return Ok(());
         }
-        metrics::counter!(m::ACTOR_RESTARTS, "kind" => child.kind()).increment(1);
+        let kind = child.kind();
+        metrics::counter!(m::ACTOR_RESTARTS, "kind" => kind.clone()).increment(1);
         match state.restarts.on_failure(Instant::now()) {
             Decision::RestartAfter(delay) => {
-                tracing::error!(child = child.kind(), %reason, ?delay, "child stopped; restarting");
+                tracing::error!(child = %kind, %reason, ?delay, "child stopped; restarting");
                 myself.send_after(delay, move || RootMsg::Start(child));
                 Ok(())
             }
             Decision::Escalate => {
-                tracing::error!(child = child.kind(), %reason, "restart budget spent; stopping");
-                Err(format!("{} keeps failing: {reason}", child.kind()).into())
+                tracing::error!(child = %kind, %reason, "restart budget spent; stopping");
+                Err(format!("{kind} keeps failing: {reason}").into())
             }
         }
     }
 }
 
 impl RootState {
+    /// The children the selected services need, in start order.
+    fn wanted(&self) -> Vec<Child> {
+        let relays = self.args.config.outbox.relay_enabled;
+        let mut wanted = Vec::new();
+        for service in &self.args.services {
+            match service {
+                Service::Api => {}
+                Service::Order => {
+                    if relays {
+                        wanted.push(Child::Relay(SchemaKey::Orders));
+                    }
+                    wanted.push(Child::Service(Service::Order));
+                }
+                Service::Inventory => {
+                    if relays {
+                        wanted.push(Child::Relay(SchemaKey::Inventory));
+                    }
+                    wanted.push(Child::Service(Service::Inventory));
+                    wanted.push(Child::ReservationSweeper);
+                }
+            }
+        }
+        wanted
+    }
+
     async fn start(
         &mut self,
         myself: &ActorRef<RootMsg>,
         child: Child,
     ) -> Result<(), ActorProcessingErr> {
-        let cell = myself.get_cell();
-        let instance = &self.args.instance;
-        match child {
-            Child::Relay => {
+        let supervisor = myself.get_cell();
+        let a = &self.args;
+        let name = format!("{}/{}", a.instance, child.kind());
+        let cell = match child {
+            Child::Relay(key) => {
+                let schema = key.schema();
                 let args = RelayArgs {
-                    pool: self.args.pool.clone(),
-                    producer: self.args.producer.clone(),
+                    pool: a.pool.clone(),
+                    producer: a.producer.clone(),
                     table: OutboxTable {
-                        schema: OutboxSchema::Orders,
-                        topic_prefix: self.args.config.kafka.topic_prefix.clone(),
+                        schema,
+                        topic_prefix: a.config.kafka.topic_prefix.clone(),
                     },
-                    config: self.args.config.outbox.clone(),
-                    wake: self.args.outbox_wake.clone(),
-                    publish_timeout: Duration::from_millis(
-                        self.args.config.kafka.request_timeout_ms,
-                    ),
+                    config: a.config.outbox.clone(),
+                    wake: a.wakers.get(schema),
+                    publish_timeout: Duration::from_millis(a.config.kafka.request_timeout_ms),
                 };
-                let name = format!("{instance}/outbox-relay/orders");
-                let (relay, _) = Actor::spawn_linked(Some(name), OutboxRelay, args, cell).await?;
-                self.relay = Some(relay);
+                Actor::spawn_linked(Some(name), OutboxRelay, args, supervisor)
+                    .await?
+                    .0
+                    .get_cell()
             }
-            Child::OrderService => {
-                let args = super::order::router::service(
-                    self.args.config.clone(),
-                    self.args.pool.clone(),
-                    instance.clone(),
-                );
-                let name = format!("{instance}/order-service");
-                let (order, _) =
-                    Actor::spawn_linked(Some(name), ServiceSupervisor, args, cell).await?;
-                self.order = Some(order);
+            Child::Service(service) => {
+                let args = match service {
+                    Service::Order => super::order::router::service(
+                        a.config.clone(),
+                        a.pool.clone(),
+                        a.instance.clone(),
+                    ),
+                    Service::Inventory => super::inventory::service(
+                        a.config.clone(),
+                        a.pool.clone(),
+                        a.wakers.clone(),
+                        a.instance.clone(),
+                    ),
+                    Service::Api => return Ok(()),
+                };
+                Actor::spawn_linked(Some(name), ServiceSupervisor, args, supervisor)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+            Child::ReservationSweeper => {
+                let args = SweeperArgs {
+                    pool: a.pool.clone(),
+                    interval: Duration::from_millis(a.config.inventory.expiry_interval_ms),
+                    wakers: a.wakers.clone(),
+                };
+                Actor::spawn_linked(Some(name), ExpirySweeper, args, supervisor)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+        };
+        self.children.insert(child, cell);
+        tracing::info!(child = %child.kind(), "started");
+        Ok(())
+    }
+
+    /// Services first (they drain and commit), then the relays flush what is pending.
+    async fn shutdown(&mut self) {
+        let children = std::mem::take(&mut self.children);
+        for (child, cell) in &children {
+            if let Child::Service(_) = child {
+                let service: ActorRef<ServiceMsg> = cell.clone().into();
+                if ractor::call_t!(service, ServiceMsg::Shutdown, 30_000).is_err() {
+                    tracing::warn!(child = %child.kind(), "service did not drain in time");
+                }
             }
         }
-        tracing::info!(child = child.kind(), "started");
-        Ok(())
+        for (child, cell) in &children {
+            match child {
+                Child::Relay(_) => {
+                    let relay: ActorRef<RelayMsg> = cell.clone().into();
+                    match ractor::call_t!(relay, RelayMsg::Flush, 30_000) {
+                        Ok(n) => {
+                            tracing::info!(child = %child.kind(), published = n, "outbox flushed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(child = %child.kind(), error = %e, "outbox flush did not finish")
+                        }
+                    }
+                    cell.stop(Some("shutdown".into()));
+                }
+                Child::ReservationSweeper => cell.stop(Some("shutdown".into())),
+                Child::Service(_) => {}
+            }
+        }
     }
 }

@@ -27,6 +27,14 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "route_not_found" => "No route matches this path.",
         "method_not_allowed" => "The route exists but not with this HTTP method.",
         "unknown_problem_type" => "There is no problem type with this code.",
+        "invalid_product" => {
+            "A product field is out of range: name 1-200 characters, unit_price_minor 0 to 10^12, an accepted currency, on_hand 0 to 10^9."
+        }
+        "product_exists" => {
+            "A product with this sku exists; use PUT /v1/products/{sku} to change it."
+        }
+        "product_not_found" => "No product has this sku.",
+        "stock_below_reserved" => "on_hand cannot go below the units currently reserved by orders.",
         "service_unavailable" => "A dependency is unavailable; retry later. Nothing was stored.",
         _ => return None,
     })

@@ -5,6 +5,7 @@ pub mod errors_doc;
 pub mod health;
 pub mod orders;
 pub mod problem;
+pub mod products;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,10 +14,10 @@ use std::time::Instant;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use warp::Filter;
 
 use crate::config::Config;
+use crate::infra::outbox::OutboxWakers;
 use crate::infra::redis::RedisPool;
 
 /// What request handlers share. Cheap to clone (everything inside is a handle).
@@ -27,7 +28,7 @@ pub struct ApiContext {
     pub producer: FutureProducer,
     pub redis: RedisPool,
     pub s3: aws_sdk_s3::Client,
-    pub outbox_wake: Arc<Notify>,
+    pub wakers: OutboxWakers,
     pub metrics: PrometheusHandle,
     /// Serve `/v1` (the `api` service); health and metrics are always served.
     pub serve_v1: bool,
@@ -46,7 +47,11 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .map(warp::Reply::into_response);
     let base = ops.or(problems).unify();
     let all = if ctx.serve_v1 {
-        base.or(orders::routes(ctx)).unify().boxed()
+        base.or(orders::routes(ctx.clone()))
+            .unify()
+            .or(products::routes(ctx))
+            .unify()
+            .boxed()
     } else {
         base.boxed()
     };
@@ -72,6 +77,8 @@ fn route_label(path: &str) -> &'static str {
     match segments.as_slice() {
         ["v1", "orders"] => "/v1/orders",
         ["v1", "orders", _] => "/v1/orders/{id}",
+        ["v1", "products"] => "/v1/products",
+        ["v1", "products", _] => "/v1/products/{sku}",
         ["health", "live"] => "/health/live",
         ["health", "ready"] => "/health/ready",
         ["metrics"] => "/metrics",

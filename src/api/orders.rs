@@ -15,6 +15,7 @@ use super::{ApiContext, with_ctx};
 use crate::domain::envelope::{Envelope, OrderPlaced, topics};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{OrderStatus, PlaceOrder};
+use crate::infra::db::messaging::Schema;
 use crate::infra::db::orders::{self as repo, OrderFilter, OrderRecord, OutboxMessage};
 use crate::telemetry::TraceContext;
 
@@ -94,7 +95,7 @@ async fn place_order(
     )
     .await
     .map_err(unavailable)?;
-    ctx.outbox_wake.notify_one();
+    ctx.wakers.wake(Schema::Orders);
     metrics::counter!(crate::metrics::ORDERS_ACCEPTED).increment(1);
     tracing::info!(order_id = %id, trace_id = %trace.trace_id_hex(), lines = order.lines.len(), "order accepted");
     let location = format!("/v1/orders/{id}");

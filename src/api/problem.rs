@@ -40,6 +40,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("no problem type {0:?}")]
     UnknownProblem(String),
+    #[error("{0}")]
+    InvalidProduct(String),
+    #[error("a product with sku {0} exists")]
+    ProductExists(String),
+    #[error("no product with sku {0}")]
+    ProductNotFound(String),
+    #[error("{0}")]
+    StockBelowReserved(String),
     /// A dependency failed; the detail is logged, never shown.
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
@@ -74,6 +82,10 @@ impl ApiError {
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnknownProblem(_) => "unknown_problem_type",
+            ApiError::InvalidProduct(_) => "invalid_product",
+            ApiError::ProductExists(_) => "product_exists",
+            ApiError::ProductNotFound(_) => "product_not_found",
+            ApiError::StockBelowReserved(_) => "stock_below_reserved",
             ApiError::Unavailable(_) => "service_unavailable",
         }
     }
@@ -87,13 +99,17 @@ impl ApiError {
             | ApiError::InvalidOrderId(_)
             | ApiError::InvalidCursor
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::InvalidProduct(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::ProductExists(_) | ApiError::StockBelowReserved(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
-            ApiError::OrderNotFound(_) | ApiError::RouteNotFound | ApiError::UnknownProblem(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::OrderNotFound(_)
+            | ApiError::ProductNotFound(_)
+            | ApiError::RouteNotFound
+            | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -102,7 +118,7 @@ impl ApiError {
     fn title(&self) -> &'static str {
         match self.status() {
             StatusCode::BAD_REQUEST => "Bad request",
-            StatusCode::UNPROCESSABLE_ENTITY => "Invalid order",
+            StatusCode::UNPROCESSABLE_ENTITY => "Invalid request",
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
             s => s.canonical_reason().unwrap_or("Error"),
@@ -267,6 +283,10 @@ mod tests {
             ApiError::MethodNotAllowed,
             ApiError::UnknownProblem(String::new()),
             ApiError::Unavailable(String::new()),
+            ApiError::InvalidProduct(String::new()),
+            ApiError::ProductExists(String::new()),
+            ApiError::ProductNotFound(String::new()),
+            ApiError::StockBelowReserved(String::new()),
         ];
         for e in samples {
             assert!(

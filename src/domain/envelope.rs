@@ -16,8 +16,12 @@ use super::order::OrderLine;
 pub mod topics {
     /// Events of the order service, keyed by order id.
     pub const ORDER_EVENTS: &str = "order.events";
+    /// Commands to the inventory service (`ReserveStock`, `ReleaseStock`, `CommitStock`).
+    pub const INVENTORY_COMMANDS: &str = "inventory.commands";
+    /// Replies of the inventory service (`StockReserved`, `StockRejected`, …).
+    pub const INVENTORY_EVENTS: &str = "inventory.events";
     /// Every topic the current services use, for topic provisioning.
-    pub const ALL: &[&str] = &[ORDER_EVENTS];
+    pub const ALL: &[&str] = &[ORDER_EVENTS, INVENTORY_COMMANDS, INVENTORY_EVENTS];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +112,107 @@ pub struct OrderPlaced {
 
 impl Payload for OrderPlaced {
     const TYPE: &'static str = "OrderPlaced";
+    const VERSION: u16 = 1;
+}
+
+/// Reserve every line of an order, or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveStock {
+    pub currency: Currency,
+    pub lines: Vec<OrderLine>,
+}
+
+impl Payload for ReserveStock {
+    const TYPE: &'static str = "ReserveStock";
+    const VERSION: u16 = 1;
+}
+
+/// A reserved line with the price it was reserved at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_minor: i64,
+}
+
+/// Every line is reserved until `expires_at`; `total_minor` is what the customer pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReserved {
+    pub currency: Currency,
+    pub lines: Vec<PricedLine>,
+    pub total_minor: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Payload for StockReserved {
+    const TYPE: &'static str = "StockReserved";
+    const VERSION: u16 = 1;
+}
+
+/// Why a line could not be reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RejectReason {
+    UnknownSku,
+    InsufficientStock,
+    CurrencyMismatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedLine {
+    pub sku: String,
+    pub requested: u32,
+    /// Units available when the reservation was tried (absent for an unknown sku).
+    pub available: Option<i64>,
+    pub reason: RejectReason,
+}
+
+/// Nothing was reserved; each line that failed says why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRejected {
+    pub lines: Vec<RejectedLine>,
+}
+
+impl Payload for StockRejected {
+    const TYPE: &'static str = "StockRejected";
+    const VERSION: u16 = 1;
+}
+
+/// Give back an order's reserved stock (compensation or expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStock {
+    pub reason: String,
+}
+
+impl Payload for ReleaseStock {
+    const TYPE: &'static str = "ReleaseStock";
+    const VERSION: u16 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReleased {
+    pub reason: String,
+}
+
+impl Payload for StockReleased {
+    const TYPE: &'static str = "StockReleased";
+    const VERSION: u16 = 1;
+}
+
+/// Turn an order's reservation into a sale (the order is confirmed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitStock {}
+
+impl Payload for CommitStock {
+    const TYPE: &'static str = "CommitStock";
+    const VERSION: u16 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockCommitted {}
+
+impl Payload for StockCommitted {
+    const TYPE: &'static str = "StockCommitted";
     const VERSION: u16 = 1;
 }
 

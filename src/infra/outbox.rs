@@ -12,6 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{PgPool, Row};
 
 use crate::infra::db::DbError;
+use crate::infra::db::messaging::Schema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -27,11 +28,35 @@ impl From<sqlx::Error> for RelayError {
     }
 }
 
+/// One wake-up signal per schema's relay: whoever commits outbox rows notifies it, so rows are
+/// published right away instead of at the next poll.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxWakers {
+    orders: std::sync::Arc<tokio::sync::Notify>,
+    inventory: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl OutboxWakers {
+    pub fn get(&self, schema: Schema) -> std::sync::Arc<tokio::sync::Notify> {
+        match schema {
+            Schema::Orders => self.orders.clone(),
+            Schema::Inventory => self.inventory.clone(),
+        }
+    }
+
+    pub fn wake(&self, schema: Schema) {
+        match schema {
+            Schema::Orders => self.orders.notify_one(),
+            Schema::Inventory => self.inventory.notify_one(),
+        }
+    }
+}
+
 /// Which outbox table to relay, and how topics are named in this deployment.
 #[derive(Debug, Clone)]
 pub struct OutboxTable {
     /// The schema that owns the table (`orders`).
-    pub schema: OutboxSchema,
+    pub schema: Schema,
     /// Prepended to each row's logical topic.
     pub topic_prefix: String,
 }
@@ -201,51 +226,4 @@ pub async fn pending(pool: &PgPool, table: &OutboxTable) -> Result<i64, RelayErr
         .fetch_one(pool)
         .await?
         .try_get(0)?)
-}
-
-/// A schema that owns an outbox table. Each has its own static statements: sqlx takes only
-/// `&'static str` SQL, and a schema name is an identifier that cannot be a bound parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboxSchema {
-    Orders,
-}
-
-impl OutboxSchema {
-    pub fn name(&self) -> &'static str {
-        match self {
-            OutboxSchema::Orders => "orders",
-        }
-    }
-
-    fn select_sql(&self) -> &'static str {
-        match self {
-            OutboxSchema::Orders => {
-                "SELECT id, message_id, topic, message_key, message_type, payload, headers
-                 FROM orders.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
-            }
-        }
-    }
-
-    fn mark_sql(&self) -> &'static str {
-        match self {
-            OutboxSchema::Orders => {
-                "UPDATE orders.outbox SET published_at = now() WHERE id = ANY($1)"
-            }
-        }
-    }
-
-    fn purge_sql(&self) -> &'static str {
-        match self {
-            OutboxSchema::Orders => {
-                "DELETE FROM orders.outbox
-                 WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
-            }
-        }
-    }
-
-    fn pending_sql(&self) -> &'static str {
-        match self {
-            OutboxSchema::Orders => "SELECT count(*) FROM orders.outbox WHERE published_at IS NULL",
-        }
-    }
 }

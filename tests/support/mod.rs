@@ -374,3 +374,38 @@ impl ChildProcess {
         }
     }
 }
+
+/// Publishes `envelope` to a logical topic, keyed by its order id (as a service's relay would).
+pub async fn publish(config: &Config, logical_topic: &str, envelope: &Envelope) {
+    publish_all(config, logical_topic, std::slice::from_ref(envelope)).await;
+}
+
+/// Publishes many envelopes at once (all enqueued, then all acknowledged).
+pub async fn publish_all(config: &Config, logical_topic: &str, envelopes: &[Envelope]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap_or_else(|e| panic!("test producer: {e}"));
+    let topic = config.topic(logical_topic);
+    let encoded: Vec<(String, Vec<u8>)> = envelopes
+        .iter()
+        .map(|e| (e.order_id.to_string(), e.encode()))
+        .collect();
+    let deliveries: Vec<_> = encoded
+        .iter()
+        .map(|(key, payload)| {
+            producer
+                .send_result(FutureRecord::to(&topic).key(key).payload(payload))
+                .unwrap_or_else(|(e, _)| panic!("enqueue to {topic}: {e}"))
+        })
+        .collect();
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => panic!("publish to {topic}: {e}"),
+            Err(_) => panic!("publish to {topic}: delivery dropped"),
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! PostgreSQL: the connection pool, migrations, and one repository module per service schema.
 
+pub mod inventory;
+pub mod messaging;
 pub mod orders;
 
 use std::time::Duration;

@@ -7,7 +7,8 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use crate::domain::envelope::Envelope;
+pub use super::messaging::OutboxMessage;
+use super::messaging::{Schema, claim_inbox, write_outbox};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{NewOrder, OrderStatus};
 use crate::domain::saga::SagaStatus;
@@ -28,13 +29,6 @@ pub struct OrderRecord {
 pub struct LineRecord {
     pub sku: String,
     pub quantity: i32,
-}
-
-/// An outbox row to write with a state change.
-pub struct OutboxMessage<'a> {
-    pub topic: &'a str,
-    pub envelope: &'a Envelope,
-    pub traceparent: Option<String>,
 }
 
 /// Filters for listing orders, newest first; `before` is the cursor (an order id).
@@ -82,7 +76,7 @@ pub async fn insert_order(
     .bind(&quantities)
     .execute(&mut *tx)
     .await?;
-    insert_outbox(&mut tx, &message).await?;
+    write_outbox(&mut tx, Schema::Orders, &message).await?;
     tx.commit().await?;
     Ok(OrderRecord {
         order_id: id.as_uuid(),
@@ -97,29 +91,6 @@ pub async fn insert_order(
         created_at: now,
         updated_at: now,
     })
-}
-
-async fn insert_outbox(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    message: &OutboxMessage<'_>,
-) -> Result<(), DbError> {
-    let mut headers = serde_json::Map::new();
-    if let Some(tp) = &message.traceparent {
-        headers.insert("traceparent".into(), tp.clone().into());
-    }
-    sqlx::query(
-        "INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(message.envelope.id)
-    .bind(message.topic)
-    .bind(message.envelope.order_id.to_string())
-    .bind(&message.envelope.kind)
-    .bind(message.envelope.encode())
-    .bind(serde_json::Value::Object(headers))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<OrderRecord>, DbError> {
@@ -244,16 +215,7 @@ pub enum StepOutcome {
 /// message id already in the inbox changes nothing.
 pub async fn record_saga_step(pool: &PgPool, step: &SagaStep<'_>) -> Result<StepOutcome, DbError> {
     let mut tx = pool.begin().await?;
-    let fresh = sqlx::query(
-        "INSERT INTO orders.inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(step.consumer)
-    .bind(step.message_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !fresh {
+    if !claim_inbox(&mut tx, Schema::Orders, step.consumer, step.message_id).await? {
         tx.rollback().await?;
         return Ok(StepOutcome::Duplicate);
     }

@@ -1,0 +1,57 @@
+//! The reservation sweeper: releases reservations whose time ran out, so stock held by an
+//! order that never completed returns to sale. Several processes may sweep at once (rows are
+//! claimed with `SKIP LOCKED`).
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sqlx::PgPool;
+
+use crate::infra::db::inventory as repo;
+use crate::infra::db::messaging::Schema;
+use crate::infra::outbox::OutboxWakers;
+
+pub enum SweepMsg {
+    Sweep,
+}
+
+pub struct SweeperArgs {
+    pub pool: PgPool,
+    pub interval: Duration,
+    /// Woken after each sweep that released something (its replies are in the outbox).
+    pub wakers: OutboxWakers,
+}
+
+pub struct ExpirySweeper;
+
+impl Actor for ExpirySweeper {
+    type Msg = SweepMsg;
+    type State = SweeperArgs;
+    type Arguments = SweeperArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SweeperArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(args.interval, || SweepMsg::Sweep);
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _msg: SweepMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match repo::expire_due(&state.pool, 500).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(released = n, "expired reservations released");
+                state.wakers.wake(Schema::Inventory);
+            }
+            Err(e) => tracing::warn!(error = %e, "reservation sweep failed; retrying next tick"),
+        }
+        Ok(())
+    }
+}

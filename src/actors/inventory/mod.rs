@@ -1,0 +1,45 @@
+//! The inventory service: keyed workers handle `ReserveStock`, `ReleaseStock` and
+//! `CommitStock` (`handler`), and a sweeper releases reservations that expired (`expiry`).
+
+pub mod expiry;
+pub mod handler;
+
+use std::sync::Arc;
+
+use ractor::ActorCell;
+use sqlx::PgPool;
+
+use crate::actors::bridge::Router;
+use crate::actors::service::{RouterFactory, ServiceArgs};
+use crate::actors::worker::WorkerRouter;
+use crate::config::Config;
+use crate::domain::envelope::topics;
+use crate::infra::outbox::OutboxWakers;
+
+/// The inventory service: consumes `inventory.commands` with a pool of keyed workers.
+pub fn service(
+    config: Arc<Config>,
+    pool: PgPool,
+    wakers: OutboxWakers,
+    instance: String,
+) -> ServiceArgs {
+    let handler = Arc::new(handler::InventoryHandler::new(pool, &config, wakers));
+    let workers = config.inventory.workers;
+    let router_instance = instance.clone();
+    let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
+        Arc::new(WorkerRouter {
+            service: "inventory",
+            instance: router_instance.clone(),
+            workers,
+            handler: handler.clone(),
+            supervisor,
+        }) as Arc<dyn Router>
+    });
+    ServiceArgs {
+        config,
+        name: "inventory",
+        topics: vec![topics::INVENTORY_COMMANDS],
+        router,
+        instance,
+    }
+}

@@ -1,0 +1,120 @@
+//! Keyed workers: a fixed pool of actors per service, each handling the records whose key
+//! hashes to it, one at a time. Records of one key therefore stay in order, different keys run
+//! in parallel, and the number of actors is bounded whatever the number of keys.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+
+use crate::actors::bridge::{HandleError, HandleResult, Record, Router};
+use crate::domain::envelope::Envelope;
+
+/// What a service does with one message. Business outcomes (a rejection, a decline) are
+/// `Ok`: they are replies, written with the inbox row. `Err` is for transient failures and
+/// for messages that can never be handled.
+#[async_trait]
+pub trait CommandHandler: Send + Sync + 'static {
+    async fn handle(&self, envelope: Envelope, traceparent: Option<String>) -> HandleResult;
+}
+
+pub struct Work {
+    envelope: Envelope,
+    traceparent: Option<String>,
+    reply: RpcReplyPort<HandleResult>,
+}
+
+pub struct KeyedWorker;
+
+impl Actor for KeyedWorker {
+    type Msg = Work;
+    type State = Arc<dyn CommandHandler>;
+    type Arguments = Arc<dyn CommandHandler>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        handler: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(handler)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        work: Work,
+        handler: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let result = handler.handle(work.envelope, work.traceparent).await;
+        let _ = work.reply.send(result);
+        Ok(())
+    }
+}
+
+/// Routes each record to worker `hash(key) % workers`, starting it on first use.
+pub struct WorkerRouter {
+    pub service: &'static str,
+    pub instance: String,
+    pub workers: usize,
+    pub handler: Arc<dyn CommandHandler>,
+    pub supervisor: ActorCell,
+}
+
+impl WorkerRouter {
+    fn index(&self, key: &[u8]) -> usize {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % self.workers.max(1) as u64) as usize
+    }
+
+    async fn worker(&self, index: usize) -> Result<ActorRef<Work>, HandleError> {
+        let name = format!("{}/{}-worker/{index}", self.instance, self.service);
+        if let Some(w) = ActorRef::<Work>::where_is(name.clone()) {
+            return Ok(w);
+        }
+        match Actor::spawn_linked(
+            Some(name.clone()),
+            KeyedWorker,
+            self.handler.clone(),
+            self.supervisor.clone(),
+        )
+        .await
+        {
+            Ok((w, _)) => Ok(w),
+            Err(e) => ActorRef::<Work>::where_is(name)
+                .ok_or_else(|| HandleError::Transient(format!("cannot start worker: {e}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Router for WorkerRouter {
+    async fn route(
+        &self,
+        record: Arc<Record>,
+    ) -> Result<oneshot::Receiver<HandleResult>, HandleError> {
+        let payload = record
+            .payload
+            .as_deref()
+            .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
+        let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
+        let key = record
+            .key
+            .clone()
+            .unwrap_or_else(|| envelope.order_id.to_string().into_bytes());
+        let worker = self.worker(self.index(&key)).await?;
+        let (tx, rx) = oneshot::channel();
+        worker
+            .cast(Work {
+                envelope,
+                traceparent: record.header("traceparent").map(str::to_owned),
+                reply: tx.into(),
+            })
+            .map_err(|_| {
+                HandleError::Transient("worker stopped before the record arrived".into())
+            })?;
+        Ok(rx)
+    }
+}

@@ -1,0 +1,490 @@
+//! The inventory service's SQL: the catalogue, and reservations that take stock all-or-none
+//! under row locks taken in sku order (no oversell, no deadlock), each with its inbox row and
+//! its reply in the outbox.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::DbError;
+use super::messaging::{OutboxMessage, Schema, claim_inbox, write_outbox};
+use crate::domain::envelope::{
+    Envelope, Payload, PricedLine, RejectReason, RejectedLine, ReserveStock, StockCommitted,
+    StockRejected, StockReleased, StockReserved, topics,
+};
+use crate::domain::ids::OrderId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub unit_price_minor: i64,
+    pub currency: String,
+    pub on_hand: i32,
+    pub reserved: i32,
+    pub available: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The writable fields of a product.
+#[derive(Debug, Clone)]
+pub struct ProductFields<'a> {
+    pub name: &'a str,
+    pub unit_price_minor: i64,
+    pub currency: &'a str,
+    pub on_hand: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("a product with sku {0} exists")]
+    Exists(String),
+    #[error("on_hand {on_hand} is below the {reserved} units reserved")]
+    BelowReserved { on_hand: i32, reserved: i32 },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+fn product(row: &sqlx::postgres::PgRow) -> Result<Product, sqlx::Error> {
+    let on_hand: i32 = row.try_get("on_hand")?;
+    let reserved: i32 = row.try_get("reserved")?;
+    Ok(Product {
+        sku: row.try_get("sku")?,
+        name: row.try_get("name")?,
+        unit_price_minor: row.try_get("unit_price_minor")?,
+        currency: row.try_get("currency")?,
+        on_hand,
+        reserved,
+        available: on_hand - reserved,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub async fn create_product(
+    pool: &PgPool,
+    sku: &str,
+    fields: &ProductFields<'_>,
+) -> Result<Product, CatalogError> {
+    let row = sqlx::query(
+        "INSERT INTO inventory.products (sku, name, unit_price_minor, currency, on_hand)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (sku) DO NOTHING
+         RETURNING sku, name, unit_price_minor, currency, on_hand, reserved, updated_at",
+    )
+    .bind(sku)
+    .bind(fields.name)
+    .bind(fields.unit_price_minor)
+    .bind(fields.currency)
+    .bind(fields.on_hand)
+    .fetch_optional(pool)
+    .await
+    .map_err(DbError::from)?;
+    match row {
+        Some(r) => Ok(product(&r).map_err(DbError::from)?),
+        None => Err(CatalogError::Exists(sku.to_owned())),
+    }
+}
+
+/// Replaces a product's fields; `None` when there is no such sku. Setting `on_hand` below
+/// what is reserved is refused (the table's CHECK would refuse it too).
+pub async fn update_product(
+    pool: &PgPool,
+    sku: &str,
+    fields: &ProductFields<'_>,
+) -> Result<Option<Product>, CatalogError> {
+    let mut tx = pool.begin().await.map_err(DbError::from)?;
+    let current = sqlx::query("SELECT reserved FROM inventory.products WHERE sku = $1 FOR UPDATE")
+        .bind(sku)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(DbError::from)?;
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    let reserved: i32 = current.try_get("reserved").map_err(DbError::from)?;
+    if fields.on_hand < reserved {
+        return Err(CatalogError::BelowReserved {
+            on_hand: fields.on_hand,
+            reserved,
+        });
+    }
+    let row = sqlx::query(
+        "UPDATE inventory.products
+         SET name = $2, unit_price_minor = $3, currency = $4, on_hand = $5, updated_at = now()
+         WHERE sku = $1
+         RETURNING sku, name, unit_price_minor, currency, on_hand, reserved, updated_at",
+    )
+    .bind(sku)
+    .bind(fields.name)
+    .bind(fields.unit_price_minor)
+    .bind(fields.currency)
+    .bind(fields.on_hand)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(DbError::from)?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(Some(product(&row).map_err(DbError::from)?))
+}
+
+pub async fn get_product(pool: &PgPool, sku: &str) -> Result<Option<Product>, DbError> {
+    let row = sqlx::query(
+        "SELECT sku, name, unit_price_minor, currency, on_hand, reserved, updated_at
+         FROM inventory.products WHERE sku = $1",
+    )
+    .bind(sku)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| product(&r)).transpose()?)
+}
+
+/// Products in sku order after `after`, at most `limit`.
+pub async fn list_products(
+    pool: &PgPool,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Product>, DbError> {
+    let rows = sqlx::query(
+        "SELECT sku, name, unit_price_minor, currency, on_hand, reserved, updated_at
+         FROM inventory.products WHERE ($1::text IS NULL OR sku > $1) ORDER BY sku LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(product).collect::<Result<_, _>>()?)
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Reserved {
+        total_minor: i64,
+    },
+    Rejected(Vec<RejectedLine>),
+    Released {
+        released: bool,
+    },
+    Committed {
+        committed: bool,
+    },
+    /// The message id was handled before: nothing changed and nothing was sent.
+    Duplicate,
+}
+
+/// The context every inventory command is handled in.
+pub struct CommandContext<'a> {
+    pub consumer: &'a str,
+    pub message_id: Uuid,
+    pub order_id: OrderId,
+    pub traceparent: Option<String>,
+}
+
+async fn reply<P: Payload>(
+    tx: &mut Transaction<'_, Postgres>,
+    ctx: &CommandContext<'_>,
+    payload: &P,
+) -> Result<(), DbError> {
+    let envelope = Envelope::new(ctx.order_id, payload, Utc::now());
+    write_outbox(
+        tx,
+        Schema::Inventory,
+        &OutboxMessage {
+            topic: topics::INVENTORY_EVENTS,
+            envelope: &envelope,
+            traceparent: ctx.traceparent.clone(),
+        },
+    )
+    .await
+}
+
+/// Reserves every line of the order or none, and replies `StockReserved` or `StockRejected`.
+/// A second `ReserveStock` for an order that already has a reservation repeats its answer.
+pub async fn reserve(
+    pool: &PgPool,
+    ctx: &CommandContext<'_>,
+    command: &ReserveStock,
+    ttl: chrono::Duration,
+) -> Result<CommandOutcome, DbError> {
+    let mut tx = pool.begin().await?;
+    if !claim_inbox(&mut tx, Schema::Inventory, ctx.consumer, ctx.message_id).await? {
+        tx.rollback().await?;
+        return Ok(CommandOutcome::Duplicate);
+    }
+    let order = ctx.order_id.as_uuid();
+    if let Some(existing) = existing_reservation(&mut tx, order).await? {
+        reply(&mut tx, ctx, &existing).await?;
+        tx.commit().await?;
+        return Ok(CommandOutcome::Reserved {
+            total_minor: existing.total_minor,
+        });
+    }
+
+    let mut skus: Vec<String> = command.lines.iter().map(|l| l.sku.to_string()).collect();
+    skus.sort();
+    // Lock the products in sku order: concurrent reservations queue per sku, never deadlock.
+    let rows = sqlx::query(
+        "SELECT sku, unit_price_minor, currency, on_hand - reserved AS available
+         FROM inventory.products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(&skus)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut priced = Vec::with_capacity(command.lines.len());
+    let mut rejected = Vec::new();
+    for line in &command.lines {
+        let row = rows.iter().find(|r| {
+            r.try_get::<String, _>("sku")
+                .is_ok_and(|s| s == line.sku.as_str())
+        });
+        let verdict = match row {
+            None => Err((None, RejectReason::UnknownSku)),
+            Some(r) => {
+                let available: i32 = r.try_get("available")?;
+                let currency: String = r.try_get("currency")?;
+                let price: i64 = r.try_get("unit_price_minor")?;
+                if currency != command.currency.code() {
+                    Err((Some(i64::from(available)), RejectReason::CurrencyMismatch))
+                } else if i64::from(available) < i64::from(line.quantity) {
+                    Err((Some(i64::from(available)), RejectReason::InsufficientStock))
+                } else {
+                    Ok(price)
+                }
+            }
+        };
+        match verdict {
+            Ok(price) => priced.push(PricedLine {
+                sku: line.sku.to_string(),
+                quantity: line.quantity,
+                unit_price_minor: price,
+            }),
+            Err((available, reason)) => rejected.push(RejectedLine {
+                sku: line.sku.to_string(),
+                requested: line.quantity,
+                available,
+                reason,
+            }),
+        }
+    }
+    if !rejected.is_empty() {
+        reply(
+            &mut tx,
+            ctx,
+            &StockRejected {
+                lines: rejected.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(CommandOutcome::Rejected(rejected));
+    }
+
+    let line_skus: Vec<String> = priced.iter().map(|l| l.sku.clone()).collect();
+    let quantities: Vec<i32> = priced
+        .iter()
+        .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
+        .collect();
+    let prices: Vec<i64> = priced.iter().map(|l| l.unit_price_minor).collect();
+    sqlx::query(
+        "UPDATE inventory.products p SET reserved = p.reserved + r.qty, updated_at = now()
+         FROM UNNEST($1::text[], $2::int[]) AS r(sku, qty) WHERE p.sku = r.sku",
+    )
+    .bind(&line_skus)
+    .bind(&quantities)
+    .execute(&mut *tx)
+    .await?;
+    let expires_at = Utc::now() + ttl;
+    sqlx::query(
+        "INSERT INTO inventory.reservations (order_id, status, expires_at) VALUES ($1, 'RESERVED', $2)",
+    )
+    .bind(order)
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO inventory.reservation_lines (order_id, sku, quantity, unit_price_minor)
+         SELECT $1, sku, qty, price FROM UNNEST($2::text[], $3::int[], $4::bigint[]) AS r(sku, qty, price)",
+    )
+    .bind(order)
+    .bind(&line_skus)
+    .bind(&quantities)
+    .bind(&prices)
+    .execute(&mut *tx)
+    .await?;
+    let total_minor = priced
+        .iter()
+        .map(|l| l.unit_price_minor.saturating_mul(i64::from(l.quantity)))
+        .fold(0i64, i64::saturating_add);
+    let reserved = StockReserved {
+        currency: command.currency,
+        lines: priced,
+        total_minor,
+        expires_at,
+    };
+    reply(&mut tx, ctx, &reserved).await?;
+    tx.commit().await?;
+    Ok(CommandOutcome::Reserved { total_minor })
+}
+
+/// The `StockReserved` answer of an order that already has a reservation.
+async fn existing_reservation(
+    tx: &mut Transaction<'_, Postgres>,
+    order: Uuid,
+) -> Result<Option<StockReserved>, DbError> {
+    let Some(head) =
+        sqlx::query("SELECT expires_at FROM inventory.reservations WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(&mut **tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let lines = sqlx::query(
+        "SELECT l.sku, l.quantity, l.unit_price_minor, p.currency
+         FROM inventory.reservation_lines l JOIN inventory.products p USING (sku)
+         WHERE l.order_id = $1 ORDER BY l.sku",
+    )
+    .bind(order)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut currency = None;
+    let mut priced = Vec::with_capacity(lines.len());
+    for l in &lines {
+        let code: String = l.try_get("currency")?;
+        currency = currency.or_else(|| crate::domain::money::Currency::parse(&code));
+        let quantity: i32 = l.try_get("quantity")?;
+        priced.push(PricedLine {
+            sku: l.try_get("sku")?,
+            quantity: u32::try_from(quantity).unwrap_or(0),
+            unit_price_minor: l.try_get("unit_price_minor")?,
+        });
+    }
+    let currency =
+        currency.ok_or_else(|| DbError::Corrupt(format!("reservation {order} has no lines")))?;
+    let total_minor = priced
+        .iter()
+        .map(|l| l.unit_price_minor.saturating_mul(i64::from(l.quantity)))
+        .fold(0i64, i64::saturating_add);
+    Ok(Some(StockReserved {
+        currency,
+        lines: priced,
+        total_minor,
+        expires_at: head.try_get("expires_at")?,
+    }))
+}
+
+/// Gives back a reserved order's stock and replies `StockReleased` (also when nothing was
+/// reserved, so compensation always completes).
+pub async fn release(
+    pool: &PgPool,
+    ctx: &CommandContext<'_>,
+    reason: &str,
+) -> Result<CommandOutcome, DbError> {
+    let mut tx = pool.begin().await?;
+    if !claim_inbox(&mut tx, Schema::Inventory, ctx.consumer, ctx.message_id).await? {
+        tx.rollback().await?;
+        return Ok(CommandOutcome::Duplicate);
+    }
+    let released = release_in(&mut tx, ctx.order_id.as_uuid()).await?;
+    reply(
+        &mut tx,
+        ctx,
+        &StockReleased {
+            reason: reason.to_owned(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(CommandOutcome::Released { released })
+}
+
+async fn release_in(tx: &mut Transaction<'_, Postgres>, order: Uuid) -> Result<bool, DbError> {
+    let changed = sqlx::query(
+        "UPDATE inventory.reservations SET status = 'RELEASED', updated_at = now()
+         WHERE order_id = $1 AND status = 'RESERVED'",
+    )
+    .bind(order)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if changed {
+        sqlx::query(
+            "UPDATE inventory.products p SET reserved = p.reserved - l.quantity, updated_at = now()
+             FROM inventory.reservation_lines l WHERE l.order_id = $1 AND p.sku = l.sku",
+        )
+        .bind(order)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(changed)
+}
+
+/// Turns a reservation into a sale: stock leaves `on_hand` and `reserved` together.
+pub async fn commit(pool: &PgPool, ctx: &CommandContext<'_>) -> Result<CommandOutcome, DbError> {
+    let mut tx = pool.begin().await?;
+    if !claim_inbox(&mut tx, Schema::Inventory, ctx.consumer, ctx.message_id).await? {
+        tx.rollback().await?;
+        return Ok(CommandOutcome::Duplicate);
+    }
+    let order = ctx.order_id.as_uuid();
+    let committed = sqlx::query(
+        "UPDATE inventory.reservations SET status = 'COMMITTED', updated_at = now()
+         WHERE order_id = $1 AND status = 'RESERVED'",
+    )
+    .bind(order)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if committed {
+        sqlx::query(
+            "UPDATE inventory.products p
+             SET on_hand = p.on_hand - l.quantity, reserved = p.reserved - l.quantity, updated_at = now()
+             FROM inventory.reservation_lines l WHERE l.order_id = $1 AND p.sku = l.sku",
+        )
+        .bind(order)
+        .execute(&mut *tx)
+        .await?;
+        reply(&mut tx, ctx, &StockCommitted {}).await?;
+    }
+    tx.commit().await?;
+    Ok(CommandOutcome::Committed { committed })
+}
+
+/// Releases reservations past their expiry (at most `limit`), replying `StockReleased` with
+/// reason `expired` for each. Returns how many were released.
+pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<usize, DbError> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<Uuid> = sqlx::query(
+        "SELECT order_id FROM inventory.reservations
+         WHERE status = 'RESERVED' AND expires_at < now()
+         ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get("order_id"))
+    .collect::<Result<_, _>>()?;
+    for order in &due {
+        if release_in(&mut tx, *order).await? {
+            let ctx = CommandContext {
+                consumer: "inventory-expiry",
+                message_id: Uuid::now_v7(),
+                order_id: OrderId::from_uuid(*order),
+                traceparent: None,
+            };
+            reply(
+                &mut tx,
+                &ctx,
+                &StockReleased {
+                    reason: "expired".into(),
+                },
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(due.len())
+}
