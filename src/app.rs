@@ -17,6 +17,7 @@ use crate::api::{self, ApiContext};
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::outbox::OutboxWakers;
+use crate::infra::payment_provider::{LocalCardNetwork, LocalNetworkRules, PaymentProvider};
 use crate::infra::{db, kafka, redis, s3};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,14 @@ impl App {
             tracing::warn!(error = %e, bucket = %config.s3.bucket, "bucket not ready");
         }
         let wakers = OutboxWakers::default();
+        let payment_provider: Arc<dyn PaymentProvider> = Arc::new(LocalCardNetwork::new(
+            pool.clone(),
+            LocalNetworkRules {
+                latency: Duration::from_millis(config.payment.latency_ms),
+                slow_latency: Duration::from_millis(config.payment.slow_latency_ms),
+                amount_limit_minor: config.payment.amount_limit_minor,
+            },
+        ));
         let instance = uuid::Uuid::now_v7().simple().to_string();
 
         let (root, root_handle) = Actor::spawn(
@@ -79,6 +88,7 @@ impl App {
                 pool: pool.clone(),
                 producer: producer.clone(),
                 wakers: wakers.clone(),
+                payment_provider,
                 instance: instance.clone(),
             },
         )

@@ -100,6 +100,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub saga: SagaConfig,
     pub inventory: InventoryConfig,
+    pub payment: PaymentConfig,
     pub bridge: BridgeConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
@@ -194,6 +195,20 @@ pub struct InventoryConfig {
     pub reservation_ttl_secs: u64,
     /// How often the sweeper looks for expired reservations.
     pub expiry_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentConfig {
+    /// Keyed worker actors handling payment commands (a slow card network holds one worker).
+    pub workers: usize,
+    /// How long one provider call may take before it is retried.
+    pub provider_timeout_ms: u64,
+    /// Latency of the local card network, and of its `tok_slow` card.
+    pub latency_ms: u64,
+    pub slow_latency_ms: u64,
+    /// The local card network declines larger amounts (`amount_limit_exceeded`).
+    pub amount_limit_minor: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -318,6 +333,18 @@ impl Default for InventoryConfig {
             workers: 8,
             reservation_ttl_secs: 900,
             expiry_interval_ms: 5_000,
+        }
+    }
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        Self {
+            workers: 32,
+            provider_timeout_ms: 10_000,
+            latency_ms: 20,
+            slow_latency_ms: 3_000,
+            amount_limit_minor: 500_000,
         }
     }
 }
@@ -454,6 +481,17 @@ impl Config {
             "ORDERFLOW_BRIDGE_MAX_IN_FLIGHT",
             &mut self.bridge.max_in_flight,
         )?;
+        env.parse("ORDERFLOW_INVENTORY_WORKERS", &mut self.inventory.workers)?;
+        env.parse(
+            "ORDERFLOW_INVENTORY_RESERVATION_TTL_SECS",
+            &mut self.inventory.reservation_ttl_secs,
+        )?;
+        env.parse("ORDERFLOW_PAYMENT_WORKERS", &mut self.payment.workers)?;
+        env.parse("ORDERFLOW_PAYMENT_LATENCY_MS", &mut self.payment.latency_ms)?;
+        env.parse(
+            "ORDERFLOW_PAYMENT_SLOW_LATENCY_MS",
+            &mut self.payment.slow_latency_ms,
+        )?;
         if let Some(v) = lookup("ORDERFLOW_LOG_FORMAT") {
             self.log.format = match v.as_str() {
                 "json" => LogFormat::Json,
@@ -494,6 +532,9 @@ impl Config {
         }
         if self.inventory.workers == 0 || self.inventory.expiry_interval_ms == 0 {
             return bad("inventory.workers and inventory.expiry_interval_ms must be at least 1");
+        }
+        if self.payment.workers == 0 || self.payment.provider_timeout_ms == 0 {
+            return bad("payment.workers and payment.provider_timeout_ms must be at least 1");
         }
         if self.bridge.max_in_flight == 0 {
             return bad("bridge.max_in_flight must be at least 1");

@@ -18,6 +18,7 @@ use super::supervision::{Decision, RestartPolicy};
 use crate::config::Config;
 use crate::infra::db::messaging::Schema;
 use crate::infra::outbox::{OutboxTable, OutboxWakers};
+use crate::infra::payment_provider::PaymentProvider;
 use crate::metrics as m;
 
 /// A child of the root.
@@ -33,6 +34,7 @@ pub enum Child {
 pub enum SchemaKey {
     Orders,
     Inventory,
+    Payment,
 }
 
 impl SchemaKey {
@@ -40,6 +42,7 @@ impl SchemaKey {
         match self {
             SchemaKey::Orders => Schema::Orders,
             SchemaKey::Inventory => Schema::Inventory,
+            SchemaKey::Payment => Schema::Payment,
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct RootArgs {
     pub pool: PgPool,
     pub producer: FutureProducer,
     pub wakers: OutboxWakers,
+    pub payment_provider: Arc<dyn PaymentProvider>,
     pub instance: String,
 }
 
@@ -181,6 +185,12 @@ impl RootState {
                     wanted.push(Child::Service(Service::Inventory));
                     wanted.push(Child::ReservationSweeper);
                 }
+                Service::Payment => {
+                    if relays {
+                        wanted.push(Child::Relay(SchemaKey::Payment));
+                    }
+                    wanted.push(Child::Service(Service::Payment));
+                }
             }
         }
         wanted
@@ -223,6 +233,13 @@ impl RootState {
                     Service::Inventory => super::inventory::service(
                         a.config.clone(),
                         a.pool.clone(),
+                        a.wakers.clone(),
+                        a.instance.clone(),
+                    ),
+                    Service::Payment => super::payment::service(
+                        a.config.clone(),
+                        a.pool.clone(),
+                        a.payment_provider.clone(),
                         a.wakers.clone(),
                         a.instance.clone(),
                     ),

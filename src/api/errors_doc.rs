@@ -35,6 +35,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         }
         "product_not_found" => "No product has this sku.",
         "stock_below_reserved" => "on_hand cannot go below the units currently reserved by orders.",
+        "payment_not_found" => {
+            "The order has no payment yet: it is authorized after its stock is reserved."
+        }
         "service_unavailable" => "A dependency is unavailable; retry later. Nothing was stored.",
         _ => return None,
     })

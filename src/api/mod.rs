@@ -4,6 +4,7 @@
 pub mod errors_doc;
 pub mod health;
 pub mod orders;
+pub mod payments;
 pub mod problem;
 pub mod products;
 
@@ -49,7 +50,9 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
     let all = if ctx.serve_v1 {
         base.or(orders::routes(ctx.clone()))
             .unify()
-            .or(products::routes(ctx))
+            .or(products::routes(ctx.clone()))
+            .unify()
+            .or(payments::routes(ctx))
             .unify()
             .boxed()
     } else {
@@ -77,6 +80,7 @@ fn route_label(path: &str) -> &'static str {
     match segments.as_slice() {
         ["v1", "orders"] => "/v1/orders",
         ["v1", "orders", _] => "/v1/orders/{id}",
+        ["v1", "orders", _, "payment"] => "/v1/orders/{id}/payment",
         ["v1", "products"] => "/v1/products",
         ["v1", "products", _] => "/v1/products/{sku}",
         ["health", "live"] => "/health/live",

@@ -48,6 +48,8 @@ pub enum ApiError {
     ProductNotFound(String),
     #[error("{0}")]
     StockBelowReserved(String),
+    #[error("order {0} has no payment yet")]
+    PaymentNotFound(String),
     /// A dependency failed; the detail is logged, never shown.
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
@@ -86,6 +88,7 @@ impl ApiError {
             ApiError::ProductExists(_) => "product_exists",
             ApiError::ProductNotFound(_) => "product_not_found",
             ApiError::StockBelowReserved(_) => "stock_below_reserved",
+            ApiError::PaymentNotFound(_) => "payment_not_found",
             ApiError::Unavailable(_) => "service_unavailable",
         }
     }
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::OrderNotFound(_)
             | ApiError::ProductNotFound(_)
+            | ApiError::PaymentNotFound(_)
             | ApiError::RouteNotFound
             | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -287,6 +291,7 @@ mod tests {
             ApiError::ProductExists(String::new()),
             ApiError::ProductNotFound(String::new()),
             ApiError::StockBelowReserved(String::new()),
+            ApiError::PaymentNotFound(String::new()),
         ];
         for e in samples {
             assert!(

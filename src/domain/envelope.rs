@@ -20,8 +20,18 @@ pub mod topics {
     pub const INVENTORY_COMMANDS: &str = "inventory.commands";
     /// Replies of the inventory service (`StockReserved`, `StockRejected`, …).
     pub const INVENTORY_EVENTS: &str = "inventory.events";
+    /// Commands to the payment service (`AuthorizePayment`, `RefundPayment`).
+    pub const PAYMENT_COMMANDS: &str = "payment.commands";
+    /// Replies of the payment service (`PaymentAuthorized`, `PaymentDeclined`, `PaymentRefunded`).
+    pub const PAYMENT_EVENTS: &str = "payment.events";
     /// Every topic the current services use, for topic provisioning.
-    pub const ALL: &[&str] = &[ORDER_EVENTS, INVENTORY_COMMANDS, INVENTORY_EVENTS];
+    pub const ALL: &[&str] = &[
+        ORDER_EVENTS,
+        INVENTORY_COMMANDS,
+        INVENTORY_EVENTS,
+        PAYMENT_COMMANDS,
+        PAYMENT_EVENTS,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +223,64 @@ pub struct StockCommitted {}
 
 impl Payload for StockCommitted {
     const TYPE: &'static str = "StockCommitted";
+    const VERSION: u16 = 1;
+}
+
+/// Authorize the order's amount on the customer's card (one payment per order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizePayment {
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub card_token: String,
+}
+
+impl Payload for AuthorizePayment {
+    const TYPE: &'static str = "AuthorizePayment";
+    const VERSION: u16 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAuthorized {
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub provider_ref: String,
+}
+
+impl Payload for PaymentAuthorized {
+    const TYPE: &'static str = "PaymentAuthorized";
+    const VERSION: u16 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDeclined {
+    /// The network's decline code (`card_declined`, `insufficient_funds`, `amount_limit_exceeded`).
+    pub reason: String,
+}
+
+impl Payload for PaymentDeclined {
+    const TYPE: &'static str = "PaymentDeclined";
+    const VERSION: u16 = 1;
+}
+
+/// Give back an authorized payment (compensation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPayment {
+    pub reason: String,
+}
+
+impl Payload for RefundPayment {
+    const TYPE: &'static str = "RefundPayment";
+    const VERSION: u16 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    /// Zero when there was nothing to refund (no authorized payment).
+    pub refunded_minor: i64,
+}
+
+impl Payload for PaymentRefunded {
+    const TYPE: &'static str = "PaymentRefunded";
     const VERSION: u16 = 1;
 }
 

@@ -3,5 +3,6 @@
 pub mod db;
 pub mod kafka;
 pub mod outbox;
+pub mod payment_provider;
 pub mod redis;
 pub mod s3;

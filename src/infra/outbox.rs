@@ -34,6 +34,7 @@ impl From<sqlx::Error> for RelayError {
 pub struct OutboxWakers {
     orders: std::sync::Arc<tokio::sync::Notify>,
     inventory: std::sync::Arc<tokio::sync::Notify>,
+    payment: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl OutboxWakers {
@@ -41,14 +42,12 @@ impl OutboxWakers {
         match schema {
             Schema::Orders => self.orders.clone(),
             Schema::Inventory => self.inventory.clone(),
+            Schema::Payment => self.payment.clone(),
         }
     }
 
     pub fn wake(&self, schema: Schema) {
-        match schema {
-            Schema::Orders => self.orders.notify_one(),
-            Schema::Inventory => self.inventory.notify_one(),
-        }
+        self.get(schema).notify_one();
     }
 }
 

@@ -14,6 +14,7 @@ use crate::domain::envelope::Envelope;
 pub enum Schema {
     Orders,
     Inventory,
+    Payment,
 }
 
 /// An outbox row to write with a state change.
@@ -63,77 +64,124 @@ pub async fn claim_inbox(
         == 1)
 }
 
+/// The statements of one schema's messaging tables, built at compile time by `statements!`.
+struct Statements {
+    insert_outbox: &'static str,
+    claim_inbox: &'static str,
+    select_unpublished: &'static str,
+    mark_published: &'static str,
+    purge_published: &'static str,
+    count_unpublished: &'static str,
+}
+
+macro_rules! statements {
+    ($schema:literal) => {
+        Statements {
+            insert_outbox: concat!(
+                "INSERT INTO ",
+                $schema,
+                ".outbox ",
+                "(message_id, topic, message_key, message_type, payload, headers) ",
+                "VALUES ($1, $2, $3, $4, $5, $6)"
+            ),
+            claim_inbox: concat!(
+                "INSERT INTO ",
+                $schema,
+                ".inbox (consumer, message_id) VALUES ($1, $2) ",
+                "ON CONFLICT DO NOTHING"
+            ),
+            select_unpublished: concat!(
+                "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
+                $schema,
+                ".outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
+            ),
+            mark_published: concat!(
+                "UPDATE ",
+                $schema,
+                ".outbox SET published_at = now() WHERE id = ANY($1)"
+            ),
+            purge_published: concat!(
+                "DELETE FROM ",
+                $schema,
+                ".outbox WHERE published_at IS NOT NULL ",
+                "AND published_at < now() - make_interval(secs => $1)"
+            ),
+            count_unpublished: concat!(
+                "SELECT count(*) FROM ",
+                $schema,
+                ".outbox WHERE published_at IS NULL"
+            ),
+        }
+    };
+}
+
+const ORDERS: Statements = statements!("orders");
+const INVENTORY: Statements = statements!("inventory");
+const PAYMENT: Statements = statements!("payment");
+
 impl Schema {
+    pub const ALL: &'static [Schema] = &[Schema::Orders, Schema::Inventory, Schema::Payment];
+
     pub fn name(&self) -> &'static str {
         match self {
             Schema::Orders => "orders",
             Schema::Inventory => "inventory",
+            Schema::Payment => "payment",
+        }
+    }
+
+    fn statements(&self) -> &'static Statements {
+        match self {
+            Schema::Orders => &ORDERS,
+            Schema::Inventory => &INVENTORY,
+            Schema::Payment => &PAYMENT,
         }
     }
 
     fn insert_outbox_sql(&self) -> &'static str {
-        match self {
-            Schema::Orders => {
-                "INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
-                 VALUES ($1, $2, $3, $4, $5, $6)"
-            }
-            Schema::Inventory => {
-                "INSERT INTO inventory.outbox (message_id, topic, message_key, message_type, payload, headers)
-                 VALUES ($1, $2, $3, $4, $5, $6)"
-            }
-        }
+        self.statements().insert_outbox
     }
 
     fn claim_inbox_sql(&self) -> &'static str {
-        match self {
-            Schema::Orders => {
-                "INSERT INTO orders.inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-            }
-            Schema::Inventory => {
-                "INSERT INTO inventory.inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-            }
-        }
+        self.statements().claim_inbox
     }
 
     pub(crate) fn select_sql(&self) -> &'static str {
-        match self {
-            Schema::Orders => {
-                "SELECT id, message_id, topic, message_key, message_type, payload, headers
-                 FROM orders.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
-            }
-            Schema::Inventory => {
-                "SELECT id, message_id, topic, message_key, message_type, payload, headers
-                 FROM inventory.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
-            }
-        }
+        self.statements().select_unpublished
     }
 
     pub(crate) fn mark_sql(&self) -> &'static str {
-        match self {
-            Schema::Orders => "UPDATE orders.outbox SET published_at = now() WHERE id = ANY($1)",
-            Schema::Inventory => {
-                "UPDATE inventory.outbox SET published_at = now() WHERE id = ANY($1)"
-            }
-        }
+        self.statements().mark_published
     }
 
     pub(crate) fn purge_sql(&self) -> &'static str {
-        match self {
-            Schema::Orders => {
-                "DELETE FROM orders.outbox
-                 WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
-            }
-            Schema::Inventory => {
-                "DELETE FROM inventory.outbox
-                 WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)"
-            }
-        }
+        self.statements().purge_published
     }
 
     pub(crate) fn pending_sql(&self) -> &'static str {
-        match self {
-            Schema::Orders => "SELECT count(*) FROM orders.outbox WHERE published_at IS NULL",
-            Schema::Inventory => "SELECT count(*) FROM inventory.outbox WHERE published_at IS NULL",
+        self.statements().count_unpublished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_name_their_own_schema() {
+        for schema in Schema::ALL {
+            let name = format!("{}.", schema.name());
+            let s = schema.statements();
+            for sql in [
+                s.insert_outbox,
+                s.claim_inbox,
+                s.select_unpublished,
+                s.mark_published,
+                s.purge_published,
+                s.count_unpublished,
+            ] {
+                assert!(sql.contains(&name), "{sql}");
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod inventory;
 pub mod messaging;
 pub mod orders;
+pub mod payment;
 
 use std::time::Duration;
 

@@ -1,0 +1,209 @@
+//! The payment service against the real servers: the local card network's rules, one charge
+//! per order whatever is redelivered, refunds, and `GET /v1/orders/{id}/payment`.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use orderflow::actors::Service;
+use orderflow::domain::envelope::{
+    AuthorizePayment, Envelope, PaymentAuthorized, RefundPayment, topics,
+};
+use orderflow::domain::ids::OrderId;
+use orderflow::domain::money::Currency;
+use serde_json::Value;
+use support::{Seen, TestEnv, eventually, publish, publish_all, read_topic};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn authorize(order: OrderId, amount_minor: i64, card_token: &str) -> Envelope {
+    let currency = Currency::parse("EUR").unwrap_or_else(|| unreachable!());
+    Envelope::new(
+        order,
+        &AuthorizePayment {
+            amount_minor,
+            currency,
+            card_token: card_token.into(),
+        },
+        Utc::now(),
+    )
+}
+
+fn reply_for(seen: &[Seen], order: OrderId) -> &Seen {
+    seen.iter()
+        .find(|r| r.envelope.order_id == order)
+        .unwrap_or_else(|| panic!("no reply for {order}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_card_network_approves_declines_and_limits_by_its_rules() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Api, Service::Payment]).await;
+    let cases = [
+        ("tok_visa", 1_999, "PaymentAuthorized", None),
+        ("tok_mastercard", 25_000, "PaymentAuthorized", None),
+        (
+            "tok_decline",
+            1_000,
+            "PaymentDeclined",
+            Some("card_declined"),
+        ),
+        (
+            "tok_insufficient_funds",
+            1_000,
+            "PaymentDeclined",
+            Some("insufficient_funds"),
+        ),
+        (
+            "tok_visa",
+            500_001,
+            "PaymentDeclined",
+            Some("amount_limit_exceeded"),
+        ),
+        ("tok_bogus", 1_000, "PaymentDeclined", Some("invalid_card")),
+    ];
+    let orders: Vec<OrderId> = cases.iter().map(|_| OrderId::new()).collect();
+    let commands: Vec<Envelope> = cases
+        .iter()
+        .zip(&orders)
+        .map(|((token, amount, _, _), order)| authorize(*order, *amount, token))
+        .collect();
+    publish_all(&env.config, topics::PAYMENT_COMMANDS, &commands).await;
+    let seen = read_topic(&env.config, topics::PAYMENT_EVENTS, WAIT, |s| {
+        s.len() >= cases.len()
+    })
+    .await;
+    for ((token, amount, kind, reason), order) in cases.iter().zip(&orders) {
+        let reply = reply_for(&seen, *order);
+        assert_eq!(&reply.envelope.kind, kind, "{token} {amount}");
+        if let Some(reason) = reason {
+            assert_eq!(
+                reply.envelope.payload["reason"], *reason,
+                "{token} {amount}"
+            );
+        }
+        let payment: Value = app
+            .http
+            .get(app.url(&format!("/v1/orders/{order}/payment")))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_default();
+        let status = if *kind == "PaymentAuthorized" {
+            "AUTHORIZED"
+        } else {
+            "DECLINED"
+        };
+        assert_eq!(payment["status"], status, "{token}");
+        assert_eq!(payment["amount_minor"], *amount);
+        assert!(
+            payment.get("card_token").is_none(),
+            "card tokens are not exposed"
+        );
+    }
+    for (path, status, code) in [
+        (
+            format!("/v1/orders/{}/payment", OrderId::new()),
+            404,
+            "payment_not_found",
+        ),
+        (
+            "/v1/orders/nope/payment".to_owned(),
+            400,
+            "invalid_order_id",
+        ),
+    ] {
+        let resp = app
+            .http
+            .get(app.url(&path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status().as_u16(), status);
+        let problem: Value = resp.json().await.unwrap_or_default();
+        assert_eq!(problem["code"], code);
+    }
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_and_repeated_authorizations_charge_once() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Payment]).await;
+    let order = OrderId::new();
+    let command = authorize(order, 4_200, "tok_visa");
+    publish_all(&env.config, topics::PAYMENT_COMMANDS, &vec![command; 5]).await;
+    // A new message for the same order (a saga retry) gets the same answer, not a new charge.
+    publish(
+        &env.config,
+        topics::PAYMENT_COMMANDS,
+        &authorize(order, 4_200, "tok_visa"),
+    )
+    .await;
+    let group = env.config.group("payment");
+    eventually(WAIT, "all six commands are consumed", || async {
+        support::group_caught_up(&env.config, &group, topics::PAYMENT_COMMANDS).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM card_network.charges").await,
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM payment.payments").await, 1);
+    let seen = read_topic(&env.config, topics::PAYMENT_EVENTS, WAIT, |s| s.len() >= 2).await;
+    let refs: Vec<String> = seen
+        .iter()
+        .map(|r| {
+            r.envelope
+                .payload_as::<PaymentAuthorized>()
+                .map(|p| p.provider_ref)
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        refs.iter().all(|r| r == &refs[0] && r.starts_with("ch_")),
+        "{refs:?}"
+    );
+
+    // Refund gives the money back once.
+    let refund = Envelope::new(
+        order,
+        &RefundPayment {
+            reason: "cancelled".into(),
+        },
+        Utc::now(),
+    );
+    publish_all(
+        &env.config,
+        topics::PAYMENT_COMMANDS,
+        &[refund.clone(), refund],
+    )
+    .await;
+    eventually(WAIT, "the refund is recorded", || async {
+        (env.count("SELECT count(*) FROM payment.payments WHERE status = 'REFUNDED'")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM card_network.charges WHERE refunded")
+            .await,
+        1
+    );
+    let seen = read_topic(&env.config, topics::PAYMENT_EVENTS, WAIT, |s| {
+        s.iter().any(|r| r.envelope.kind == "PaymentRefunded")
+    })
+    .await;
+    let refunded = seen
+        .iter()
+        .find(|r| r.envelope.kind == "PaymentRefunded")
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(refunded.envelope.payload["refunded_minor"], 4_200);
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
