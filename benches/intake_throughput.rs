@@ -39,6 +39,7 @@ fn intake(c: &mut Criterion) {
                     customer_id: order.customer_id,
                     currency: order.currency,
                     lines: order.lines,
+                    card_token: Some(order.card_token),
                 };
                 black_box(Envelope::new(OrderId::new(), &placed, Utc::now()).encode())
             })
@@ -60,6 +61,7 @@ fn decode(c: &mut Criterion) {
         customer_id: order.customer_id,
         currency: order.currency,
         lines: order.lines,
+        card_token: Some(order.card_token),
     };
     let bytes = Envelope::new(OrderId::new(), &placed, Utc::now()).encode();
     let mut group = c.benchmark_group("bridge");

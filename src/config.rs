@@ -184,6 +184,14 @@ pub struct OutboxConfig {
 pub struct SagaConfig {
     /// A saga with nothing to do for this long stops; it is rehydrated on its next message.
     pub idle_timeout_ms: u64,
+    /// How long the saga waits for the inventory's answer to `ReserveStock`.
+    pub stock_timeout_ms: u64,
+    /// How long the saga waits for the payment's answer to `AuthorizePayment`.
+    pub payment_timeout_ms: u64,
+    /// How long the saga waits for `StockReleased` before asking again.
+    pub release_timeout_ms: u64,
+    /// How often the timer sweeper looks for passed deadlines.
+    pub timer_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -323,6 +331,10 @@ impl Default for SagaConfig {
     fn default() -> Self {
         Self {
             idle_timeout_ms: 30_000,
+            stock_timeout_ms: 10_000,
+            payment_timeout_ms: 15_000,
+            release_timeout_ms: 15_000,
+            timer_interval_ms: 500,
         }
     }
 }
@@ -478,6 +490,18 @@ impl Config {
             &mut self.saga.idle_timeout_ms,
         )?;
         env.parse(
+            "ORDERFLOW_SAGA_STOCK_TIMEOUT_MS",
+            &mut self.saga.stock_timeout_ms,
+        )?;
+        env.parse(
+            "ORDERFLOW_SAGA_PAYMENT_TIMEOUT_MS",
+            &mut self.saga.payment_timeout_ms,
+        )?;
+        env.parse(
+            "ORDERFLOW_SAGA_RELEASE_TIMEOUT_MS",
+            &mut self.saga.release_timeout_ms,
+        )?;
+        env.parse(
             "ORDERFLOW_BRIDGE_MAX_IN_FLIGHT",
             &mut self.bridge.max_in_flight,
         )?;
@@ -532,6 +556,9 @@ impl Config {
         }
         if self.inventory.workers == 0 || self.inventory.expiry_interval_ms == 0 {
             return bad("inventory.workers and inventory.expiry_interval_ms must be at least 1");
+        }
+        if self.saga.timer_interval_ms == 0 || self.saga.idle_timeout_ms == 0 {
+            return bad("saga.timer_interval_ms and saga.idle_timeout_ms must be at least 1");
         }
         if self.payment.workers == 0 || self.payment.provider_timeout_ms == 0 {
             return bad("payment.workers and payment.provider_timeout_ms must be at least 1");

@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod infra;
+pub mod invariants;
 pub mod metrics;
 pub mod telemetry;
 

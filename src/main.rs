@@ -35,11 +35,13 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Reconcile orders, payments and stock; exits non-zero on a violation.
+    Check,
     /// Place demo orders against a running API and show them flowing through Kafka.
     Demo {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         orders: u32,
     },
 }
@@ -52,6 +54,15 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Config => {
             print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Check => {
+            let pool = orderflow::infra::db::connect(&config.database)?;
+            let report = orderflow::invariants::check(&pool, None).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.is_clean() {
+                anyhow::bail!("{} invariant violations", report.violations.len());
+            }
             Ok(())
         }
         Command::Migrate => {

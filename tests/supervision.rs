@@ -136,7 +136,7 @@ async fn idle_sagas_passivate_and_their_state_stays_in_postgres() {
     })
     .await;
     assert_eq!(
-        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'PLACED'")
+        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'RESERVING'")
             .await,
         1
     );

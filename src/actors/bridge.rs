@@ -45,6 +45,8 @@ pub enum Handled {
     Applied,
     /// The message id was handled before; nothing changed.
     Duplicate,
+    /// The message means nothing to its handler now (late, stale or informational).
+    Ignored,
 }
 
 /// Why a handler did not finish a record.
@@ -214,6 +216,7 @@ impl BridgeState {
                 let outcome = match handled {
                     Handled::Applied => "applied",
                     Handled::Duplicate => "duplicate",
+                    Handled::Ignored => "ignored",
                 };
                 metrics::counter!(m::BRIDGE_RECORDS, "service" => service, "outcome" => outcome)
                     .increment(1);

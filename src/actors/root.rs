@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use super::Service;
 use super::inventory::expiry::{ExpirySweeper, SweeperArgs};
+use super::order::timers::{SagaTimers, TimerArgs};
 use super::outbox::{OutboxRelay, RelayArgs, RelayMsg};
 use super::service::{ServiceMsg, ServiceSupervisor};
 use super::supervision::{Decision, RestartPolicy};
@@ -27,6 +28,7 @@ pub enum Child {
     Relay(SchemaKey),
     Service(Service),
     ReservationSweeper,
+    SagaTimers,
 }
 
 /// `Schema` with an order, for the child map.
@@ -53,6 +55,7 @@ impl Child {
             Child::Relay(s) => format!("outbox-relay/{}", s.schema().name()),
             Child::Service(s) => format!("{s}-service"),
             Child::ReservationSweeper => "reservation-sweeper".into(),
+            Child::SagaTimers => "saga-timers".into(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl RootState {
                         wanted.push(Child::Relay(SchemaKey::Orders));
                     }
                     wanted.push(Child::Service(Service::Order));
+                    wanted.push(Child::SagaTimers);
                 }
                 Service::Inventory => {
                     if relays {
@@ -228,6 +232,7 @@ impl RootState {
                     Service::Order => super::order::router::service(
                         a.config.clone(),
                         a.pool.clone(),
+                        a.wakers.clone(),
                         a.instance.clone(),
                     ),
                     Service::Inventory => super::inventory::service(
@@ -246,6 +251,17 @@ impl RootState {
                     Service::Api => return Ok(()),
                 };
                 Actor::spawn_linked(Some(name), ServiceSupervisor, args, supervisor)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+            Child::SagaTimers => {
+                let args = TimerArgs {
+                    pool: a.pool.clone(),
+                    interval: Duration::from_millis(a.config.saga.timer_interval_ms),
+                    wakers: a.wakers.clone(),
+                };
+                Actor::spawn_linked(Some(name), SagaTimers, args, supervisor)
                     .await?
                     .0
                     .get_cell()
@@ -292,7 +308,7 @@ impl RootState {
                     }
                     cell.stop(Some("shutdown".into()));
                 }
-                Child::ReservationSweeper => cell.stop(Some("shutdown".into())),
+                Child::ReservationSweeper | Child::SagaTimers => cell.stop(Some("shutdown".into())),
                 Child::Service(_) => {}
             }
         }

@@ -17,6 +17,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "invalid_sku" => "A line's sku must be 1-64 characters of letters, digits and ._-.",
         "invalid_quantity" => "A line's quantity must be a whole number from 1 to 1000.",
         "duplicate_sku" => "Each sku may appear on one line only; add the quantities instead.",
+        "invalid_card_token" => {
+            "card_token must be 1-64 characters of lowercase letters, digits and _ (test tokens: tok_visa, tok_decline, tok_insufficient_funds, tok_slow)."
+        }
         "unsupported_media_type" => "Send request bodies with Content-Type: application/json.",
         "body_too_large" => "The body is larger than the configured limit (http.body_limit_bytes).",
         "length_required" => "Requests with a body must carry a Content-Length header.",
@@ -37,6 +40,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "stock_below_reserved" => "on_hand cannot go below the units currently reserved by orders.",
         "payment_not_found" => {
             "The order has no payment yet: it is authorized after its stock is reserved."
+        }
+        "order_not_cancellable" => {
+            "The order is already CONFIRMED or CANCELLED; only pending orders can be cancelled."
         }
         "service_unavailable" => "A dependency is unavailable; retry later. Nothing was stored.",
         _ => return None,

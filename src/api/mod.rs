@@ -81,6 +81,7 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "orders"] => "/v1/orders",
         ["v1", "orders", _] => "/v1/orders/{id}",
         ["v1", "orders", _, "payment"] => "/v1/orders/{id}/payment",
+        ["v1", "orders", _, "cancel"] => "/v1/orders/{id}/cancel",
         ["v1", "products"] => "/v1/products",
         ["v1", "products", _] => "/v1/products/{sku}",
         ["health", "live"] => "/health/live",

@@ -16,7 +16,9 @@ use crate::domain::envelope::{Envelope, OrderPlaced, topics};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{OrderStatus, PlaceOrder};
 use crate::infra::db::messaging::Schema;
-use crate::infra::db::orders::{self as repo, OrderFilter, OrderRecord, OutboxMessage};
+use crate::infra::db::orders::{
+    self as repo, CancelError, OrderFilter, OrderRecord, OutboxMessage,
+};
 use crate::telemetry::TraceContext;
 
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
@@ -33,12 +35,24 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .and(warp::get())
         .and(with_ctx(ctx.clone()))
         .and_then(get_order);
+    let cancel = warp::path!("v1" / "orders" / String / "cancel")
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(warp::header::optional::<String>("traceparent"))
+        .and_then(cancel_order);
     let list = warp::path!("v1" / "orders")
         .and(warp::get())
         .and(with_ctx(ctx))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(list_orders);
-    place.or(get).unify().or(list).unify().boxed()
+    place
+        .or(get)
+        .unify()
+        .or(cancel)
+        .unify()
+        .or(list)
+        .unify()
+        .boxed()
 }
 
 fn reject(e: ApiError) -> Rejection {
@@ -79,6 +93,7 @@ async fn place_order(
         customer_id: order.customer_id.clone(),
         currency: order.currency,
         lines: order.lines.clone(),
+        card_token: Some(order.card_token.clone()),
     };
     let envelope = Envelope::new(id, &placed, now);
     let record = repo::insert_order(
@@ -112,6 +127,45 @@ async fn get_order(id: String, ctx: ApiContext) -> Result<warp::reply::Response,
     {
         Some(order) => Ok(warp::reply::json(&order).into_response()),
         None => Err(reject(ApiError::OrderNotFound(uuid.to_string()))),
+    }
+}
+
+/// `POST /v1/orders/{id}/cancel`: asks the order's saga to cancel. `202 Accepted`: the saga
+/// compensates what was done and the order ends CANCELLED — unless it confirmed first.
+async fn cancel_order(
+    id: String,
+    ctx: ApiContext,
+    traceparent: Option<String>,
+) -> Result<warp::reply::Response, Rejection> {
+    let uuid = Uuid::try_parse(&id).map_err(|_| reject(ApiError::InvalidOrderId(id.clone())))?;
+    let trace = traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceContext::new_root);
+    match repo::request_cancel(
+        &ctx.pool,
+        uuid,
+        "customer_cancelled",
+        Some(trace.to_header()),
+    )
+    .await
+    {
+        Ok(status) => {
+            ctx.wakers.wake(Schema::Orders);
+            tracing::info!(order_id = %uuid, "cancel requested");
+            let body =
+                serde_json::json!({"order_id": uuid, "status": status, "cancel": "requested"});
+            Ok(
+                warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED)
+                    .into_response(),
+            )
+        }
+        Err(CancelError::NotFound(id)) => Err(reject(ApiError::OrderNotFound(id.to_string()))),
+        Err(e @ CancelError::Final(..)) => {
+            Err(reject(ApiError::OrderNotCancellable(e.to_string())))
+        }
+        Err(CancelError::Db(e)) => Err(unavailable(e)),
     }
 }
 

@@ -50,6 +50,8 @@ pub enum ApiError {
     StockBelowReserved(String),
     #[error("order {0} has no payment yet")]
     PaymentNotFound(String),
+    #[error("{0}")]
+    OrderNotCancellable(String),
     /// A dependency failed; the detail is logged, never shown.
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
@@ -73,6 +75,7 @@ impl ApiError {
                 OrderValidationError::InvalidSku { .. } => "invalid_sku",
                 OrderValidationError::InvalidQuantity { .. } => "invalid_quantity",
                 OrderValidationError::DuplicateSku { .. } => "duplicate_sku",
+                OrderValidationError::InvalidCardToken => "invalid_card_token",
             },
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::BodyTooLarge(_) => "body_too_large",
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::ProductNotFound(_) => "product_not_found",
             ApiError::StockBelowReserved(_) => "stock_below_reserved",
             ApiError::PaymentNotFound(_) => "payment_not_found",
+            ApiError::OrderNotCancellable(_) => "order_not_cancellable",
             ApiError::Unavailable(_) => "service_unavailable",
         }
     }
@@ -105,7 +109,9 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::InvalidProduct(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::ProductExists(_) | ApiError::StockBelowReserved(_) => StatusCode::CONFLICT,
+            ApiError::ProductExists(_)
+            | ApiError::StockBelowReserved(_)
+            | ApiError::OrderNotCancellable(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -267,6 +273,7 @@ mod tests {
             ApiError::MissingField(String::new()),
             ApiError::InvalidFieldType(String::new()),
             ApiError::Validation(OrderValidationError::NoLines),
+            ApiError::Validation(OrderValidationError::InvalidCardToken),
             ApiError::Validation(OrderValidationError::InvalidCustomerId),
             ApiError::Validation(OrderValidationError::UnknownCurrency(String::new())),
             ApiError::Validation(OrderValidationError::TooManyLines(0)),
@@ -292,6 +299,7 @@ mod tests {
             ApiError::ProductNotFound(String::new()),
             ApiError::StockBelowReserved(String::new()),
             ApiError::PaymentNotFound(String::new()),
+            ApiError::OrderNotCancellable(String::new()),
         ];
         for e in samples {
             assert!(

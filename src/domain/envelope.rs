@@ -118,10 +118,60 @@ pub struct OrderPlaced {
     pub customer_id: CustomerId,
     pub currency: Currency,
     pub lines: Vec<OrderLine>,
+    /// The card to charge (optional in v1; absent means `tok_visa`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_token: Option<String>,
 }
 
 impl Payload for OrderPlaced {
     const TYPE: &'static str = "OrderPlaced";
+    const VERSION: u16 = 1;
+}
+
+/// The customer asked to cancel (`POST /v1/orders/{id}/cancel`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    pub reason: String,
+}
+
+impl Payload for CancelRequested {
+    const TYPE: &'static str = "CancelRequested";
+    const VERSION: u16 = 1;
+}
+
+/// A saga's deadline passed while it was in `status` at `version` (sent by the timer sweeper;
+/// a saga that moved on since ignores it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaTimeout {
+    pub status: String,
+    pub version: i32,
+}
+
+impl Payload for SagaTimeout {
+    const TYPE: &'static str = "SagaTimeout";
+    const VERSION: u16 = 1;
+}
+
+/// The order is paid for and its stock is sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    pub total_minor: i64,
+    pub currency: Currency,
+}
+
+impl Payload for OrderConfirmed {
+    const TYPE: &'static str = "OrderConfirmed";
+    const VERSION: u16 = 1;
+}
+
+/// The order ended without a sale; what was reserved or charged was given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub reason: String,
+}
+
+impl Payload for OrderCancelled {
+    const TYPE: &'static str = "OrderCancelled";
     const VERSION: u16 = 1;
 }
 
@@ -297,6 +347,7 @@ mod tests {
                 sku: Sku::parse("A").unwrap_or_else(|| unreachable!()),
                 quantity: 3,
             }],
+            card_token: None,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct PlaceOrder {
     pub customer_id: String,
     pub currency: String,
     pub lines: Vec<PlaceOrderLine>,
+    /// The payment card's token; `tok_visa` when absent (see the payment provider's rules).
+    #[serde(default)]
+    pub card_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -43,7 +46,11 @@ pub struct NewOrder {
     pub customer_id: CustomerId,
     pub currency: Currency,
     pub lines: Vec<OrderLine>,
+    pub card_token: String,
 }
+
+/// The card token used when an order names none.
+pub const DEFAULT_CARD_TOKEN: &str = "tok_visa";
 
 /// Why an order request is invalid. Each variant maps to one stable API error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +75,8 @@ pub enum OrderValidationError {
     InvalidQuantity { line: usize },
     #[error("line {line}: sku {sku} appears more than once")]
     DuplicateSku { line: usize, sku: String },
+    #[error("card_token must be 1-64 characters of lowercase letters, digits and _")]
+    InvalidCardToken,
 }
 
 impl PlaceOrder {
@@ -100,10 +109,23 @@ impl PlaceOrder {
             }
             lines.push(OrderLine { sku, quantity });
         }
+        let card_token = match &self.card_token {
+            None => DEFAULT_CARD_TOKEN.to_owned(),
+            Some(t)
+                if !t.is_empty()
+                    && t.len() <= 64
+                    && t.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+            {
+                t.clone()
+            }
+            Some(_) => return Err(OrderValidationError::InvalidCardToken),
+        };
         Ok(NewOrder {
             customer_id,
             currency,
             lines,
+            card_token,
         })
     }
 }
@@ -220,6 +242,27 @@ mod tests {
         let r =
             request(r#"{"customer_id":"","currency":"EUR","lines":[{"sku":"A","quantity":1}]}"#);
         assert_eq!(r.validate(), Err(OrderValidationError::InvalidCustomerId));
+    }
+
+    #[test]
+    fn card_tokens_default_and_are_checked() {
+        let r =
+            request(r#"{"customer_id":"c1","currency":"EUR","lines":[{"sku":"A","quantity":1}]}"#);
+        assert_eq!(
+            r.validate().map(|o| o.card_token).ok().as_deref(),
+            Some("tok_visa")
+        );
+        let r = request(
+            r#"{"customer_id":"c1","currency":"EUR","lines":[{"sku":"A","quantity":1}],"card_token":"tok_decline"}"#,
+        );
+        assert_eq!(
+            r.validate().map(|o| o.card_token).ok().as_deref(),
+            Some("tok_decline")
+        );
+        let r = request(
+            r#"{"customer_id":"c1","currency":"EUR","lines":[{"sku":"A","quantity":1}],"card_token":"4111 1111"}"#,
+        );
+        assert_eq!(r.validate(), Err(OrderValidationError::InvalidCardToken));
     }
 
     #[test]

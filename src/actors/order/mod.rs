@@ -3,3 +3,4 @@
 
 pub mod router;
 pub mod saga;
+pub mod timers;

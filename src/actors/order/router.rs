@@ -1,7 +1,6 @@
 //! Routes order events to the saga of their order, starting the saga when needed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use ractor::{Actor, ActorCell, ActorRef};
@@ -12,26 +11,37 @@ use uuid::Uuid;
 use super::saga::{OrderSaga, SagaArgs, SagaMsg};
 use crate::actors::bridge::{HandleError, HandleResult, Record, Router};
 use crate::actors::service::{RouterFactory, ServiceArgs};
-use crate::config::Config;
+use crate::config::{Config, SagaConfig};
 use crate::domain::envelope::{Envelope, topics};
-use crate::telemetry::TraceContext;
+use crate::infra::outbox::OutboxWakers;
 
 /// The order service: consumes `order.events` and routes each to its order's saga.
-pub fn service(config: Arc<Config>, pool: PgPool, instance: String) -> ServiceArgs {
-    let idle_timeout = Duration::from_millis(config.saga.idle_timeout_ms);
+pub fn service(
+    config: Arc<Config>,
+    pool: PgPool,
+    wakers: OutboxWakers,
+    instance: String,
+) -> ServiceArgs {
+    let saga_config = Arc::new(config.saga.clone());
     let saga_instance = instance.clone();
     let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
         Arc::new(SagaRouter {
             instance: saga_instance.clone(),
             pool: pool.clone(),
-            idle_timeout,
+            config: saga_config.clone(),
+            wakers: wakers.clone(),
             supervisor,
         }) as Arc<dyn Router>
     });
     ServiceArgs {
         config,
         name: "order",
-        topics: vec![topics::ORDER_EVENTS],
+        // The saga's own events, and the replies of the services it commands.
+        topics: vec![
+            topics::ORDER_EVENTS,
+            topics::INVENTORY_EVENTS,
+            topics::PAYMENT_EVENTS,
+        ],
         router,
         instance,
     }
@@ -41,7 +51,8 @@ pub fn service(config: Arc<Config>, pool: PgPool, instance: String) -> ServiceAr
 pub struct SagaRouter {
     instance: String,
     pool: PgPool,
-    idle_timeout: Duration,
+    config: Arc<SagaConfig>,
+    wakers: OutboxWakers,
     supervisor: ActorCell,
 }
 
@@ -58,7 +69,8 @@ impl SagaRouter {
         let args = SagaArgs {
             order_id,
             pool: self.pool.clone(),
-            idle_timeout: self.idle_timeout,
+            config: self.config.clone(),
+            wakers: self.wakers.clone(),
         };
         match Actor::spawn_linked(Some(name.clone()), OrderSaga, args, self.supervisor.clone())
             .await
@@ -83,14 +95,10 @@ impl Router for SagaRouter {
             .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
         let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
         let saga = self.saga(envelope.order_id.as_uuid()).await?;
-        let trace_id = record
-            .header("traceparent")
-            .and_then(TraceContext::parse)
-            .map(|t| t.trace_id_hex());
         let (tx, rx) = oneshot::channel();
         saga.cast(SagaMsg::Deliver {
             envelope,
-            trace_id,
+            traceparent: record.header("traceparent").map(str::to_owned),
             reply: tx.into(),
         })
         .map_err(|_| HandleError::Transient("saga stopped before the record arrived".into()))?;

@@ -1,18 +1,32 @@
-//! The order saga actor: one per in-flight order. It applies the pure transition of
-//! `domain::saga` to each event, persists the new state with the inbox row and a journal entry
-//! in one transaction, and passivates when idle (it is rehydrated from PostgreSQL on its next
-//! message).
+//! The order saga actor: one per in-flight order. It turns each message into a
+//! `domain::saga` event, applies the pure transition, and persists the new state with its inbox
+//! row, journal entry, outbox commands and deadline in one transaction. It rehydrates from
+//! PostgreSQL when (re)started, stops at a terminal state, and passivates when idle — its
+//! deadline lives in the database, where the timer sweeper finds it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::actors::bridge::{HandleError, HandleResult, Handled};
-use crate::domain::envelope::{Envelope, OrderPlaced};
-use crate::domain::saga::{self, SagaEvent, SagaStatus};
+use crate::config::SagaConfig;
+use crate::domain::envelope::{
+    AuthorizePayment, CancelRequested, CommitStock, Envelope, OrderCancelled, OrderConfirmed,
+    OrderPlaced, Payload, PaymentAuthorized, PaymentDeclined, RefundPayment, ReleaseStock,
+    ReserveStock, SagaTimeout, StockRejected, StockReleased, StockReserved, topics,
+};
+use crate::domain::ids::OrderId;
+use crate::domain::order::DEFAULT_CARD_TOKEN;
+use crate::domain::saga::{
+    self, Deadline, Outcome, SagaCommand, SagaEvent, SagaState, SagaStatus, Transition,
+};
+use crate::infra::db::messaging::{OutboxMessage, Schema};
 use crate::infra::db::orders::{self as repo, SagaStep, StepOutcome};
+use crate::infra::outbox::OutboxWakers;
 use crate::metrics as m;
 
 /// The inbox consumer name of the order saga.
@@ -21,7 +35,7 @@ pub const CONSUMER: &str = "order-saga";
 pub enum SagaMsg {
     Deliver {
         envelope: Envelope,
-        trace_id: Option<String>,
+        traceparent: Option<String>,
         reply: RpcReplyPort<HandleResult>,
     },
     IdleCheck,
@@ -30,15 +44,15 @@ pub enum SagaMsg {
 pub struct SagaArgs {
     pub order_id: Uuid,
     pub pool: PgPool,
-    pub idle_timeout: Duration,
+    pub config: Arc<SagaConfig>,
+    pub wakers: OutboxWakers,
 }
 
-pub struct SagaState {
-    order_id: Uuid,
-    pool: PgPool,
-    idle_timeout: Duration,
-    /// `None` until the persisted state is loaded (lazily, so spawning never waits on I/O).
-    status: Option<SagaStatus>,
+pub struct SagaActorState {
+    args: SagaArgs,
+    /// `None` until loaded (lazily, so that spawning never waits on I/O) or after a failed
+    /// write whose outcome is unknown.
+    loaded: Option<(SagaState, Option<i32>)>,
     last_activity: Instant,
 }
 
@@ -46,7 +60,7 @@ pub struct OrderSaga;
 
 impl Actor for OrderSaga {
     type Msg = SagaMsg;
-    type State = SagaState;
+    type State = SagaActorState;
     type Arguments = SagaArgs;
 
     async fn pre_start(
@@ -55,13 +69,13 @@ impl Actor for OrderSaga {
         args: SagaArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         metrics::gauge!(m::SAGA_ACTIVE).increment(1.0);
-        let check_every = (args.idle_timeout / 2).max(Duration::from_millis(10));
-        myself.send_interval(check_every, || SagaMsg::IdleCheck);
-        Ok(SagaState {
-            order_id: args.order_id,
-            pool: args.pool,
-            idle_timeout: args.idle_timeout,
-            status: None,
+        let idle = Duration::from_millis(args.config.idle_timeout_ms);
+        myself.send_interval((idle / 2).max(Duration::from_millis(10)), || {
+            SagaMsg::IdleCheck
+        });
+        Ok(SagaActorState {
+            args,
+            loaded: None,
             last_activity: Instant::now(),
         })
     }
@@ -84,22 +98,27 @@ impl Actor for OrderSaga {
         match msg {
             SagaMsg::Deliver {
                 envelope,
-                trace_id,
+                traceparent,
                 reply,
             } => {
                 state.last_activity = Instant::now();
-                let result = state.apply(&envelope, trace_id.as_deref()).await;
+                let result = state.handle(&envelope, traceparent).await;
                 let outcome = match &result {
                     Ok(Handled::Applied) => "applied",
                     Ok(Handled::Duplicate) => "duplicate",
+                    Ok(Handled::Ignored) => "ignored",
                     Err(HandleError::Poison(_)) => "poison",
                     Err(HandleError::Transient(_)) => "failed",
                 };
                 metrics::counter!(m::SAGA_EVENTS, "outcome" => outcome).increment(1);
                 let _ = reply.send(result);
+                if state.is_terminal() {
+                    myself.stop(Some("terminal".into()));
+                }
             }
             SagaMsg::IdleCheck => {
-                if state.last_activity.elapsed() >= state.idle_timeout {
+                let idle = Duration::from_millis(state.args.config.idle_timeout_ms);
+                if state.last_activity.elapsed() >= idle {
                     myself.stop(Some("idle".into()));
                 }
             }
@@ -108,60 +127,254 @@ impl Actor for OrderSaga {
     }
 }
 
-impl SagaState {
-    async fn apply(&mut self, envelope: &Envelope, trace_id: Option<&str>) -> HandleResult {
-        let event = if envelope.is::<OrderPlaced>() {
-            envelope
-                .payload_as::<OrderPlaced>()
-                .map_err(|e| HandleError::Poison(e.to_string()))?;
-            SagaEvent::OrderPlaced
-        } else {
+/// What a message means to the saga.
+enum Meaning {
+    Event(SagaEvent),
+    /// A timeout announced for a version the saga has moved past, or a message the saga
+    /// publishes itself or does not wait for.
+    Nothing,
+}
+
+fn decode<P: Payload>(envelope: &Envelope) -> Result<P, HandleError> {
+    envelope
+        .payload_as::<P>()
+        .map_err(|e| HandleError::Poison(e.to_string()))
+}
+
+fn meaning(envelope: &Envelope, version: Option<i32>) -> Result<Meaning, HandleError> {
+    let kind = envelope.kind.as_str();
+    let event = match kind {
+        k if k == OrderPlaced::TYPE => {
+            let p: OrderPlaced = decode(envelope)?;
+            SagaEvent::OrderPlaced {
+                customer_id: p.customer_id,
+                currency: p.currency,
+                lines: p.lines,
+                card_token: p
+                    .card_token
+                    .unwrap_or_else(|| DEFAULT_CARD_TOKEN.to_owned()),
+            }
+        }
+        k if k == StockReserved::TYPE => SagaEvent::StockReserved {
+            total_minor: decode::<StockReserved>(envelope)?.total_minor,
+        },
+        k if k == StockRejected::TYPE => {
+            let p: StockRejected = decode(envelope)?;
+            let lines: Vec<String> = p
+                .lines
+                .iter()
+                .map(|l| format!("{} {:?}", l.sku, l.reason).to_lowercase())
+                .collect();
+            SagaEvent::StockRejected {
+                reason: format!("stock_rejected: {}", lines.join(", ")),
+            }
+        }
+        k if k == StockReleased::TYPE => {
+            decode::<StockReleased>(envelope)?;
+            SagaEvent::StockReleased
+        }
+        k if k == PaymentAuthorized::TYPE => {
+            decode::<PaymentAuthorized>(envelope)?;
+            SagaEvent::PaymentAuthorized
+        }
+        k if k == PaymentDeclined::TYPE => SagaEvent::PaymentDeclined {
+            reason: decode::<PaymentDeclined>(envelope)?.reason,
+        },
+        k if k == CancelRequested::TYPE => SagaEvent::CancelRequested {
+            reason: decode::<CancelRequested>(envelope)?.reason,
+        },
+        k if k == SagaTimeout::TYPE => {
+            let p: SagaTimeout = decode(envelope)?;
+            let status = SagaStatus::parse(&p.status)
+                .ok_or_else(|| HandleError::Poison(format!("unknown saga status {}", p.status)))?;
+            if version != Some(p.version) {
+                return Ok(Meaning::Nothing);
+            }
+            SagaEvent::TimedOut { status }
+        }
+        k if [
+            OrderConfirmed::TYPE,
+            OrderCancelled::TYPE,
+            crate::domain::envelope::StockCommitted::TYPE,
+            crate::domain::envelope::PaymentRefunded::TYPE,
+        ]
+        .contains(&k) =>
+        {
+            return Ok(Meaning::Nothing);
+        }
+        other => {
             return Err(HandleError::Poison(format!(
-                "the order saga does not handle {} messages",
-                envelope.kind
+                "the order saga does not handle {other} messages"
             )));
+        }
+    };
+    Ok(Meaning::Event(event))
+}
+
+impl SagaActorState {
+    fn is_terminal(&self) -> bool {
+        self.loaded
+            .as_ref()
+            .is_some_and(|(s, _)| s.status.is_terminal())
+    }
+
+    async fn load(&mut self) -> Result<(SagaState, Option<i32>), HandleError> {
+        if let Some(loaded) = &self.loaded {
+            return Ok(loaded.clone());
+        }
+        let row = repo::load_saga(&self.args.pool, self.args.order_id)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        let loaded = match row {
+            Some(row) => (row.state, Some(row.version)),
+            None => (SagaState::new(), None),
         };
-        let from = self.current_status().await?;
-        let transition = saga::apply(from, &event);
+        self.loaded = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn handle(&mut self, envelope: &Envelope, traceparent: Option<String>) -> HandleResult {
+        let (state, version) = self.load().await?;
+        let event = match meaning(envelope, version)? {
+            Meaning::Event(e) => e,
+            Meaning::Nothing => return Ok(Handled::Ignored),
+        };
+        let transition = saga::apply(&state, &event);
+        if !transition.changed {
+            return Ok(Handled::Ignored);
+        }
+        let order_id = OrderId::from_uuid(self.args.order_id);
+        let envelopes = self.commands(order_id, &transition);
+        let messages = envelopes
+            .iter()
+            .map(|(topic, env)| OutboxMessage {
+                topic,
+                envelope: env,
+                traceparent: traceparent.clone(),
+            })
+            .collect();
+        let outcome = transition.commands.iter().find_map(|c| match c {
+            SagaCommand::Complete(o) => Some(o),
+            _ => None,
+        });
+        let trace_id = traceparent
+            .as_deref()
+            .and_then(crate::telemetry::TraceContext::parse)
+            .map(|t| t.trace_id_hex());
         let step = SagaStep {
             consumer: CONSUMER,
             message_id: envelope.id,
             message_type: &envelope.kind,
-            order_id: self.order_id,
-            from,
-            to: transition.status,
-            trace_id,
+            order_id: self.args.order_id,
+            expected_version: version,
+            from: state.status,
+            to: &transition.state,
+            deadline: transition.deadline.map(|d| Utc::now() + self.deadline(d)),
+            trace_id: trace_id.as_deref(),
+            messages,
+            order_update: outcome.map(|o| match o {
+                Outcome::Confirmed { .. } => (o.order_status(), None),
+                Outcome::Cancelled { reason } => (o.order_status(), Some(reason.as_str())),
+            }),
         };
-        match repo::record_saga_step(&self.pool, &step).await {
-            Ok(StepOutcome::Applied) => {
-                self.status = Some(transition.status);
-                if transition.changed {
-                    tracing::info!(
-                        order_id = %self.order_id, message_id = %envelope.id,
-                        from = from.as_str(), to = transition.status.as_str(), "saga transition"
-                    );
-                }
+        match repo::record_saga_step(&self.args.pool, &step).await {
+            Ok(StepOutcome::Applied { version }) => {
+                self.loaded = Some((transition.state.clone(), Some(version)));
+                self.args.wakers.wake(Schema::Orders);
+                tracing::info!(
+                    order_id = %self.args.order_id, message = %envelope.kind,
+                    from = state.status.as_str(), to = transition.state.status.as_str(),
+                    "saga transition"
+                );
                 Ok(Handled::Applied)
             }
             Ok(StepOutcome::Duplicate) => Ok(Handled::Duplicate),
+            Ok(StepOutcome::Conflict) => {
+                self.loaded = None;
+                Err(HandleError::Transient(
+                    "saga state changed underneath; reloading".into(),
+                ))
+            }
             Err(e) => {
-                // The cached status may be stale if the transaction's outcome is unknown.
-                self.status = None;
+                self.loaded = None;
                 Err(HandleError::Transient(e.to_string()))
             }
         }
     }
 
-    async fn current_status(&mut self) -> Result<SagaStatus, HandleError> {
-        if let Some(s) = self.status {
-            return Ok(s);
-        }
-        let loaded = repo::load_saga(&self.pool, self.order_id)
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?
-            .map(|row| row.status)
-            .unwrap_or(SagaStatus::New);
-        self.status = Some(loaded);
-        Ok(loaded)
+    fn deadline(&self, d: Deadline) -> chrono::Duration {
+        let c = &self.args.config;
+        let ms = match d {
+            Deadline::Stock => c.stock_timeout_ms,
+            Deadline::Payment => c.payment_timeout_ms,
+            Deadline::Release => c.release_timeout_ms,
+        };
+        chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+
+    /// The outbox messages of a transition's commands.
+    fn commands(&self, order: OrderId, t: &Transition) -> Vec<(&'static str, Envelope)> {
+        let now = Utc::now();
+        t.commands
+            .iter()
+            .map(|c| match c {
+                SagaCommand::ReserveStock(p) => (
+                    topics::INVENTORY_COMMANDS,
+                    Envelope::new(order, p as &ReserveStock, now),
+                ),
+                SagaCommand::ReleaseStock { reason } => (
+                    topics::INVENTORY_COMMANDS,
+                    Envelope::new(
+                        order,
+                        &ReleaseStock {
+                            reason: reason.clone(),
+                        },
+                        now,
+                    ),
+                ),
+                SagaCommand::CommitStock => (
+                    topics::INVENTORY_COMMANDS,
+                    Envelope::new(order, &CommitStock {}, now),
+                ),
+                SagaCommand::AuthorizePayment(p) => (
+                    topics::PAYMENT_COMMANDS,
+                    Envelope::new(order, p as &AuthorizePayment, now),
+                ),
+                SagaCommand::RefundPayment { reason } => (
+                    topics::PAYMENT_COMMANDS,
+                    Envelope::new(
+                        order,
+                        &RefundPayment {
+                            reason: reason.clone(),
+                        },
+                        now,
+                    ),
+                ),
+                SagaCommand::Complete(Outcome::Confirmed {
+                    total_minor,
+                    currency,
+                }) => (
+                    topics::ORDER_EVENTS,
+                    Envelope::new(
+                        order,
+                        &OrderConfirmed {
+                            total_minor: *total_minor,
+                            currency: *currency,
+                        },
+                        now,
+                    ),
+                ),
+                SagaCommand::Complete(Outcome::Cancelled { reason }) => (
+                    topics::ORDER_EVENTS,
+                    Envelope::new(
+                        order,
+                        &OrderCancelled {
+                            reason: reason.clone(),
+                        },
+                        now,
+                    ),
+                ),
+            })
+            .collect()
     }
 }

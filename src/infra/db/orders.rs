@@ -9,9 +9,10 @@ use uuid::Uuid;
 use super::DbError;
 pub use super::messaging::OutboxMessage;
 use super::messaging::{Schema, claim_inbox, write_outbox};
+use crate::domain::envelope::{CancelRequested, Envelope, SagaTimeout, topics};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{NewOrder, OrderStatus};
-use crate::domain::saga::SagaStatus;
+use crate::domain::saga::{SagaState, SagaStatus};
 
 /// An order as stored, with its lines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,6 +21,8 @@ pub struct OrderRecord {
     pub customer_id: String,
     pub currency: String,
     pub status: OrderStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
     pub lines: Vec<LineRecord>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -57,13 +60,15 @@ pub async fn insert_order(
         .collect();
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO orders.orders (id, customer_id, currency, status, trace_id, created_at, updated_at)
-         VALUES ($1, $2, $3, 'PENDING', $4, $5, $5)",
+        "INSERT INTO orders.orders
+           (id, customer_id, currency, status, trace_id, card_token, created_at, updated_at)
+         VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $6)",
     )
     .bind(id.as_uuid())
     .bind(order.customer_id.as_str())
     .bind(order.currency.code())
     .bind(trace_id)
+    .bind(&order.card_token)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -83,6 +88,7 @@ pub async fn insert_order(
         customer_id: order.customer_id.to_string(),
         currency: order.currency.code().to_owned(),
         status: OrderStatus::Pending,
+        cancel_reason: None,
         lines: skus
             .into_iter()
             .zip(quantities)
@@ -97,7 +103,7 @@ pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<OrderRecord>, D
     let mut found = load_orders(
         pool,
         sqlx::query(
-            "SELECT id, customer_id, currency, status, created_at, updated_at
+            "SELECT id, customer_id, currency, status, cancel_reason, created_at, updated_at
              FROM orders.orders WHERE id = $1",
         )
         .bind(id),
@@ -110,7 +116,7 @@ pub async fn list_orders(pool: &PgPool, filter: &OrderFilter) -> Result<Vec<Orde
     load_orders(
         pool,
         sqlx::query(
-            "SELECT id, customer_id, currency, status, created_at, updated_at
+            "SELECT id, customer_id, currency, status, cancel_reason, created_at, updated_at
              FROM orders.orders
              WHERE ($1::text IS NULL OR status = $1)
                AND ($2::text IS NULL OR customer_id = $2)
@@ -141,6 +147,7 @@ async fn load_orders(pool: &PgPool, query: PgQuery<'_>) -> Result<Vec<OrderRecor
             status: status
                 .parse()
                 .map_err(|()| DbError::Corrupt(format!("unknown order status {status:?}")))?,
+            cancel_reason: row.try_get("cancel_reason")?,
             lines: Vec::new(),
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -170,22 +177,28 @@ async fn load_orders(pool: &PgPool, query: PgQuery<'_>) -> Result<Vec<OrderRecor
 }
 
 /// A saga's persisted state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaRow {
-    pub status: SagaStatus,
+    pub state: SagaState,
     pub version: i32,
 }
 
 pub async fn load_saga(pool: &PgPool, order_id: Uuid) -> Result<Option<SagaRow>, DbError> {
-    let row = sqlx::query("SELECT status, version FROM orders.saga_state WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT status, version, data FROM orders.saga_state WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await?;
     row.map(|r| {
         let status: String = r.try_get("status")?;
+        let data: serde_json::Value = r.try_get("data")?;
         Ok(SagaRow {
-            status: SagaStatus::parse(&status)
-                .ok_or_else(|| DbError::Corrupt(format!("unknown saga status {status:?}")))?,
+            state: SagaState {
+                status: SagaStatus::parse(&status)
+                    .ok_or_else(|| DbError::Corrupt(format!("unknown saga status {status:?}")))?,
+                data: serde_json::from_value(data)
+                    .map_err(|e| DbError::Corrupt(format!("saga data of {order_id}: {e}")))?,
+            },
             version: r.try_get("version")?,
         })
     })
@@ -198,53 +211,191 @@ pub struct SagaStep<'a> {
     pub message_id: Uuid,
     pub message_type: &'a str,
     pub order_id: Uuid,
+    /// The version the transition was computed from; `None` for a saga not yet stored.
+    pub expected_version: Option<i32>,
     pub from: SagaStatus,
-    pub to: SagaStatus,
+    pub to: &'a SagaState,
+    pub deadline: Option<DateTime<Utc>>,
     pub trace_id: Option<&'a str>,
+    /// Commands and events the transition causes, written to the outbox.
+    pub messages: Vec<OutboxMessage<'a>>,
+    /// The order's new status when the saga ends.
+    pub order_update: Option<(OrderStatus, Option<&'a str>)>,
 }
 
-/// What happened to a message handed to [`record_saga_step`].
+/// What happened to a transition handed to [`record_saga_step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
-    Applied,
+    Applied {
+        version: i32,
+    },
     /// The inbox already had this message id: nothing was written.
     Duplicate,
+    /// The stored saga moved on since it was loaded: reload and try again.
+    Conflict,
 }
 
-/// Writes the inbox row, the new saga state and the journal entry in one transaction. A
-/// message id already in the inbox changes nothing.
+/// Writes the inbox row, the saga's new state, its journal entry, its outbox messages and the
+/// order's status in one transaction.
 pub async fn record_saga_step(pool: &PgPool, step: &SagaStep<'_>) -> Result<StepOutcome, DbError> {
     let mut tx = pool.begin().await?;
     if !claim_inbox(&mut tx, Schema::Orders, step.consumer, step.message_id).await? {
         tx.rollback().await?;
         return Ok(StepOutcome::Duplicate);
     }
-    if step.from != step.to {
-        sqlx::query(
-            "INSERT INTO orders.saga_state (order_id, status, version, updated_at)
-             VALUES ($1, $2, 1, now())
-             ON CONFLICT (order_id) DO UPDATE
-               SET status = EXCLUDED.status, version = orders.saga_state.version + 1,
-                   updated_at = EXCLUDED.updated_at",
+    let data = serde_json::to_value(&step.to.data)
+        .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?;
+    let version = match step.expected_version {
+        None => sqlx::query(
+            "INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
+             VALUES ($1, $2, 1, $3, $4, now())
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING version",
         )
         .bind(step.order_id)
-        .bind(step.to.as_str())
-        .execute(&mut *tx)
-        .await?;
+        .bind(step.to.status.as_str())
+        .bind(&data)
+        .bind(step.deadline)
+        .fetch_optional(&mut *tx)
+        .await?,
+        Some(expected) => {
+            sqlx::query(
+                "UPDATE orders.saga_state
+             SET status = $2, version = version + 1, data = $3, deadline = $4,
+                 timeout_sent = false, updated_at = now()
+             WHERE order_id = $1 AND version = $5
+             RETURNING version",
+            )
+            .bind(step.order_id)
+            .bind(step.to.status.as_str())
+            .bind(&data)
+            .bind(step.deadline)
+            .bind(expected)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    let Some(version) = version else {
+        tx.rollback().await?;
+        return Ok(StepOutcome::Conflict);
+    };
+    let version: i32 = version.try_get("version")?;
+    sqlx::query(
+        "INSERT INTO orders.saga_journal
+           (order_id, message_id, message_type, from_status, to_status, trace_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(step.order_id)
+    .bind(step.message_id)
+    .bind(step.message_type)
+    .bind(step.from.as_str())
+    .bind(step.to.status.as_str())
+    .bind(step.trace_id)
+    .execute(&mut *tx)
+    .await?;
+    for message in &step.messages {
+        write_outbox(&mut tx, Schema::Orders, message).await?;
+    }
+    if let Some((status, reason)) = step.order_update {
         sqlx::query(
-            "INSERT INTO orders.saga_journal
-               (order_id, message_id, message_type, from_status, to_status, trace_id)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "UPDATE orders.orders SET status = $2, cancel_reason = $3, updated_at = now() WHERE id = $1",
         )
         .bind(step.order_id)
-        .bind(step.message_id)
-        .bind(step.message_type)
-        .bind(step.from.as_str())
-        .bind(step.to.as_str())
-        .bind(step.trace_id)
+        .bind(status.as_str())
+        .bind(reason)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
-    Ok(StepOutcome::Applied)
+    Ok(StepOutcome::Applied { version })
+}
+
+/// Announces every saga deadline that passed (at most `limit`) as a `SagaTimeout` on
+/// `order.events`, once per deadline. Returns how many were announced.
+pub async fn announce_due_timeouts(pool: &PgPool, limit: i64) -> Result<usize, DbError> {
+    let mut tx = pool.begin().await?;
+    let due = sqlx::query(
+        "UPDATE orders.saga_state SET timeout_sent = true
+         WHERE order_id IN (
+             SELECT order_id FROM orders.saga_state
+             WHERE deadline < now() AND NOT timeout_sent
+             ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING order_id, status, version",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in &due {
+        let order_id: Uuid = row.try_get("order_id")?;
+        let timeout = SagaTimeout {
+            status: row.try_get("status")?,
+            version: row.try_get("version")?,
+        };
+        let envelope = Envelope::new(OrderId::from_uuid(order_id), &timeout, Utc::now());
+        write_outbox(
+            &mut tx,
+            Schema::Orders,
+            &OutboxMessage {
+                topic: topics::ORDER_EVENTS,
+                envelope: &envelope,
+                traceparent: None,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(due.len())
+}
+
+/// Why a cancel request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no order with id {0}")]
+    NotFound(Uuid),
+    #[error("order {0} is {1} and can no longer be cancelled")]
+    Final(Uuid, OrderStatus),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Queues a `CancelRequested` for the order's saga, if the order is not final yet.
+pub async fn request_cancel(
+    pool: &PgPool,
+    order_id: Uuid,
+    reason: &str,
+    traceparent: Option<String>,
+) -> Result<OrderStatus, CancelError> {
+    let mut tx = pool.begin().await.map_err(DbError::from)?;
+    let row = sqlx::query("SELECT status FROM orders.orders WHERE id = $1 FOR UPDATE")
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(DbError::from)?
+        .ok_or(CancelError::NotFound(order_id))?;
+    let status: String = row.try_get("status").map_err(DbError::from)?;
+    let status: OrderStatus = status
+        .parse()
+        .map_err(|()| DbError::Corrupt(format!("unknown order status {status:?}")))?;
+    if status.is_terminal() {
+        return Err(CancelError::Final(order_id, status));
+    }
+    let envelope = Envelope::new(
+        OrderId::from_uuid(order_id),
+        &CancelRequested {
+            reason: reason.to_owned(),
+        },
+        Utc::now(),
+    );
+    write_outbox(
+        &mut tx,
+        Schema::Orders,
+        &OutboxMessage {
+            topic: topics::ORDER_EVENTS,
+            envelope: &envelope,
+            traceparent,
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(status)
 }

@@ -1,0 +1,243 @@
+//! The order saga end to end, all services in one process against the real servers: each way
+//! an order can end, with stock and payments consistent afterwards.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use orderflow::actors::Service;
+use serde_json::{Value, json};
+use support::{TestApp, TestEnv, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+const ALL: &[Service] = &[
+    Service::Api,
+    Service::Order,
+    Service::Inventory,
+    Service::Payment,
+];
+
+async fn env_with_short_timeouts() -> TestEnv {
+    let mut env = TestEnv::new().await;
+    env.config.saga.payment_timeout_ms = 1_500;
+    env.config.saga.timer_interval_ms = 100;
+    env.config.payment.latency_ms = 5;
+    env.config.payment.slow_latency_ms = 4_000;
+    env
+}
+
+async fn stock(app: &TestApp, sku: &str, price: i64, on_hand: i64) {
+    let resp = app.http.post(app.url("/v1/products"))
+        .json(&json!({"sku": sku, "name": sku, "unit_price_minor": price, "currency": "EUR", "on_hand": on_hand}))
+        .send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 201);
+}
+
+async fn order(app: &TestApp, lines: &[(&str, u32)], card: &str) -> String {
+    let body = json!({
+        "customer_id": "saga-customer", "currency": "EUR", "card_token": card,
+        "lines": lines.iter().map(|(s, q)| json!({"sku": s, "quantity": q})).collect::<Vec<_>>(),
+    });
+    let resp = app
+        .http
+        .post(app.url("/v1/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 201);
+    let v: Value = resp.json().await.unwrap_or_default();
+    v["order_id"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    app.http
+        .get(app.url(path))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits for the order's terminal status and returns the order.
+async fn ended(app: &TestApp, id: &str) -> Value {
+    eventually(WAIT, &format!("order {id} ends"), || async {
+        let o = get(app, &format!("/v1/orders/{id}")).await;
+        (o["status"] != "PENDING").then_some(o)
+    })
+    .await
+}
+
+async fn clean(env: &TestEnv, initial: &HashMap<String, i64>) {
+    eventually(WAIT, "orders, payments and stock reconcile", || async {
+        let r = orderflow::invariants::check(&env.pool, Some(initial))
+            .await
+            .ok()?;
+        r.is_clean().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_confirms_sells_the_stock_and_keeps_the_payment() {
+    let env = env_with_short_timeouts().await;
+    let app = env.spawn(ALL).await;
+    stock(&app, "BOOK", 3_990, 10).await;
+    stock(&app, "MUG", 1_250, 10).await;
+    let id = order(&app, &[("BOOK", 1), ("MUG", 2)], "tok_visa").await;
+    let o = ended(&app, &id).await;
+    assert_eq!(o["status"], "CONFIRMED");
+    let payment = get(&app, &format!("/v1/orders/{id}/payment")).await;
+    assert_eq!(payment["status"], "AUTHORIZED");
+    assert_eq!(payment["amount_minor"], 3_990 + 2 * 1_250);
+    eventually(WAIT, "the stock is sold", || async {
+        let b = get(&app, "/v1/products/BOOK").await;
+        (b["on_hand"] == 9 && b["reserved"] == 0).then_some(())
+    })
+    .await;
+    clean(&env, &[("BOOK".into(), 10), ("MUG".into(), 10)].into()).await;
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_stock_cancels_without_charging() {
+    let env = env_with_short_timeouts().await;
+    let app = env.spawn(ALL).await;
+    stock(&app, "RARE", 100, 1).await;
+    stock(&app, "PLENTY", 100, 100).await;
+    let id = order(&app, &[("PLENTY", 5), ("RARE", 2)], "tok_visa").await;
+    let o = ended(&app, &id).await;
+    assert_eq!(o["status"], "CANCELLED");
+    assert!(
+        o["cancel_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rare insufficientstock")),
+        "{o}"
+    );
+    let resp = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}/payment")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 404, "no payment was attempted");
+    assert_eq!(get(&app, "/v1/products/PLENTY").await["reserved"], 0);
+    clean(&env, &[("RARE".into(), 1), ("PLENTY".into(), 100)].into()).await;
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_payment_releases_the_stock_and_cancels() {
+    let env = env_with_short_timeouts().await;
+    let app = env.spawn(ALL).await;
+    stock(&app, "GADGET", 9_900, 3).await;
+    let id = order(&app, &[("GADGET", 2)], "tok_decline").await;
+    let o = ended(&app, &id).await;
+    assert_eq!(o["status"], "CANCELLED");
+    assert_eq!(o["cancel_reason"], "payment_declined: card_declined");
+    assert_eq!(
+        get(&app, &format!("/v1/orders/{id}/payment")).await["status"],
+        "DECLINED"
+    );
+    let g = get(&app, "/v1/products/GADGET").await;
+    assert_eq!(
+        (g["on_hand"].as_i64(), g["reserved"].as_i64()),
+        (Some(3), Some(0))
+    );
+    clean(&env, &[("GADGET".into(), 3)].into()).await;
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_timeout_releases_stock_and_refunds_the_late_authorization() {
+    let env = env_with_short_timeouts().await;
+    let app = env.spawn(ALL).await;
+    stock(&app, "SLOWPOKE", 700, 5).await;
+    let id = order(&app, &[("SLOWPOKE", 1)], "tok_slow").await;
+    let o = ended(&app, &id).await;
+    assert_eq!(o["status"], "CANCELLED");
+    assert_eq!(o["cancel_reason"], "payment_timeout");
+    // The card network answers after the saga gave up: the charge is refunded.
+    eventually(WAIT, "the late authorization is refunded", || async {
+        (get(&app, &format!("/v1/orders/{id}/payment")).await["status"] == "REFUNDED").then_some(())
+    })
+    .await;
+    clean(&env, &[("SLOWPOKE".into(), 5)].into()).await;
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_cancel_before_confirmation_compensates() {
+    let env = env_with_short_timeouts().await;
+    let app = env.spawn(ALL).await;
+    stock(&app, "CHAIR", 5_000, 4).await;
+    let id = order(&app, &[("CHAIR", 2)], "tok_slow").await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/v1/orders/{id}/cancel")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 202);
+    let o = ended(&app, &id).await;
+    assert_eq!(o["status"], "CANCELLED");
+    assert_eq!(o["cancel_reason"], "customer_cancelled");
+    // A final order cannot be cancelled again.
+    let resp = app
+        .http
+        .post(app.url(&format!("/v1/orders/{id}/cancel")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 409);
+    let problem: Value = resp.json().await.unwrap_or_default();
+    assert_eq!(problem["code"], "order_not_cancellable");
+    for (path, status) in [
+        ("/v1/orders/nope/cancel", 400),
+        (&*format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()), 404),
+    ] {
+        let resp = app
+            .http
+            .post(app.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+    }
+    clean(&env, &[("CHAIR".into(), 4)].into()).await;
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_killed_mid_flight_is_restarted_and_its_order_completes() {
+    let mut env = env_with_short_timeouts().await;
+    env.config.payment.slow_latency_ms = 1_000;
+    env.config.saga.payment_timeout_ms = 20_000;
+    let app = env.spawn(ALL).await;
+    stock(&app, "LAMP", 2_000, 10).await;
+    let ids: Vec<String> =
+        futures::future::join_all((0..5).map(|_| order(&app, &[("LAMP", 1)], "tok_slow"))).await;
+    // Kill every saga while it waits for the slow card network.
+    for id in &ids {
+        let name = format!("{}/order-saga/{id}", app.app.instance());
+        let saga = eventually(WAIT, "the saga is waiting for its payment", || async {
+            ractor::registry::where_is(name.clone())
+        })
+        .await;
+        saga.kill();
+    }
+    for id in &ids {
+        assert_eq!(ended(&app, id).await["status"], "CONFIRMED", "order {id}");
+    }
+    clean(&env, &[("LAMP".into(), 10)].into()).await;
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
