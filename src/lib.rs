@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod infra;
 pub mod invariants;
+pub mod load;
 pub mod metrics;
 pub mod telemetry;
 

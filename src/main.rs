@@ -37,6 +37,28 @@ enum Command {
     Config,
     /// Reconcile orders, payments and stock; exits non-zero on a violation.
     Check,
+    /// Send orders at a constant rate and report throughput and latencies.
+    Load {
+        /// Orders per second (open model: sent on schedule whatever the responses take).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 1_000)]
+        customers: u32,
+        #[arg(long, default_value_t = 100)]
+        skus: u32,
+        /// Seconds to wait after sending for orders to reach a terminal state.
+        #[arg(long, default_value_t = 30)]
+        settle: u64,
+        /// Target a running deployment instead of starting all services in this process.
+        #[arg(long)]
+        url: Option<String>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Place demo orders against a running API and show them flowing through Kafka.
     Demo {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -54,6 +76,28 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Config => {
             print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Load {
+            rate,
+            duration,
+            customers,
+            skus,
+            settle,
+            url,
+            out,
+        } => {
+            let opts = orderflow::load::LoadOptions {
+                url,
+                rate,
+                duration: std::time::Duration::from_secs(duration),
+                customers,
+                skus,
+                settle: std::time::Duration::from_secs(settle),
+                out,
+            };
+            let report = orderflow::load::run(config, opts).await?;
+            println!("{}", report.summary());
             Ok(())
         }
         Command::Check => {

@@ -115,7 +115,7 @@ async fn out_of_stock_cancels_without_charging() {
     assert!(
         o["cancel_reason"]
             .as_str()
-            .is_some_and(|r| r.contains("rare insufficientstock")),
+            .is_some_and(|r| r.contains("RARE INSUFFICIENT_STOCK")),
         "{o}"
     );
     let resp = app

@@ -218,6 +218,16 @@ pub enum RejectReason {
     CurrencyMismatch,
 }
 
+impl RejectReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::UnknownSku => "UNKNOWN_SKU",
+            RejectReason::InsufficientStock => "INSUFFICIENT_STOCK",
+            RejectReason::CurrencyMismatch => "CURRENCY_MISMATCH",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedLine {
     pub sku: String,

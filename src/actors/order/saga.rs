@@ -163,7 +163,7 @@ fn meaning(envelope: &Envelope, version: Option<i32>) -> Result<Meaning, HandleE
             let lines: Vec<String> = p
                 .lines
                 .iter()
-                .map(|l| format!("{} {:?}", l.sku, l.reason).to_lowercase())
+                .map(|l| format!("{} {}", l.sku, l.reason.as_str()))
                 .collect();
             SagaEvent::StockRejected {
                 reason: format!("stock_rejected: {}", lines.join(", ")),

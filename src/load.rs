@@ -1,0 +1,352 @@
+//! `orderflow load`: an open-model load generator. Orders are sent at a constant arrival rate
+//! whatever the responses take (each request's latency counts from the instant it was due, so
+//! a slow server cannot hide queueing), then followed on `order.events` until each reaches a
+//! terminal state. By default it starts all services in this same process, on the local
+//! infrastructure, so the process RSS it reports is the whole system's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::actors::Service;
+use crate::app::App;
+use crate::config::Config;
+use crate::domain::envelope::{Envelope, topics};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Target an already running deployment instead of starting one in this process.
+    pub url: Option<String>,
+    pub rate: u32,
+    pub duration: Duration,
+    pub customers: u32,
+    pub skus: u32,
+    /// How long to wait after the last request for orders to reach a terminal state.
+    pub settle: Duration,
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |v: u64| v as f64 / 1_000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            count: h.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub target_rate: u32,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub accepted_per_s: f64,
+    /// POST latency in milliseconds, measured from the instant each request was due.
+    pub post_latency_ms: Percentiles,
+    /// From the `201` to the order's terminal event on Kafka, in milliseconds.
+    pub accepted_to_terminal_ms: Percentiles,
+    pub confirmed: u64,
+    pub cancelled: u64,
+    /// Accepted orders without a terminal event when the settle time ran out.
+    pub unfinished: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Highest resident set size of this process during the run (MiB).
+    pub max_rss_mib: f64,
+    pub in_process: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot start orderflow: {0}")]
+    Start(String),
+    #[error("setup failed: {0}")]
+    Setup(String),
+}
+
+fn setup(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Setup(e.to_string())
+}
+
+/// Runs the load and returns its report (also written to `opts.out` as JSON).
+pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, LoadError> {
+    let rss = Arc::new(Mutex::new(0u64));
+    let rss_task = tokio::spawn(sample_rss(rss.clone()));
+    let (app, base) = match &opts.url {
+        Some(url) => (None, url.trim_end_matches('/').to_owned()),
+        None => {
+            config.http.bind = "127.0.0.1:0".parse().map_err(setup)?;
+            let app = App::build(config.clone(), Service::ALL)
+                .await
+                .map_err(|e| LoadError::Start(e.to_string()))?;
+            let base = format!("http://{}", app.local_addr());
+            (Some(app), base)
+        }
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1_024)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(setup)?;
+    seed(&http, &base, opts.skus).await?;
+    let (terminal_tx, mut terminal_rx) = mpsc::unbounded_channel();
+    let consumer = terminal_events(&config).await?;
+    let consumer_task = tokio::spawn(async move {
+        loop {
+            match consumer.recv().await {
+                Ok(msg) => {
+                    let Some(env) = msg.payload().and_then(|p| Envelope::decode(p).ok()) else {
+                        continue;
+                    };
+                    if env.kind == "OrderConfirmed" || env.kind == "OrderCancelled" {
+                        let confirmed = env.kind == "OrderConfirmed";
+                        if terminal_tx
+                            .send((env.order_id.to_string(), confirmed, Instant::now()))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "load consumer error"),
+            }
+        }
+    });
+
+    // Open model: one request per tick, each in its own task.
+    let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let post_hist = Arc::new(Mutex::new(new_hist()));
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
+    let total = (opts.duration.as_secs_f64() * f64::from(opts.rate)).round() as u64;
+    let started = Instant::now();
+    let mut requests = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = started + period.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, base, accepted, post_hist, errors) = (
+            http.clone(),
+            base.clone(),
+            accepted.clone(),
+            post_hist.clone(),
+            errors.clone(),
+        );
+        let body = json!({
+            "customer_id": format!("load-customer-{}", i % u64::from(opts.customers.max(1))),
+            "currency": "EUR",
+            "lines": [{"sku": format!("LOAD-{:04}", i % u64::from(opts.skus.max(1))), "quantity": 1}],
+        });
+        requests.push(tokio::spawn(async move {
+            let result = http
+                .post(format!("{base}/v1/orders"))
+                .json(&body)
+                .send()
+                .await;
+            let latency = due.elapsed();
+            lock(&post_hist).saturating_record(latency.as_micros() as u64);
+            match result {
+                Ok(resp) if resp.status().as_u16() == 201 => {
+                    let at = Instant::now();
+                    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                    if let Some(id) = v["order_id"].as_str() {
+                        lock(&accepted).insert(id.to_owned(), at);
+                    }
+                }
+                Ok(resp) => {
+                    *lock(&errors)
+                        .entry(format!("http_{}", resp.status().as_u16()))
+                        .or_default() += 1
+                }
+                Err(e) if e.is_timeout() => {
+                    *lock(&errors).entry("timeout".into()).or_default() += 1
+                }
+                Err(_) => *lock(&errors).entry("connect".into()).or_default() += 1,
+            }
+        }));
+    }
+    for r in requests {
+        let _ = r.await;
+    }
+    let sending = started.elapsed();
+
+    // Follow every accepted order to its end, or until the settle time runs out.
+    let mut terminal_hist = new_hist();
+    let (mut confirmed, mut cancelled) = (0u64, 0u64);
+    let mut pending: HashMap<String, Instant> = std::mem::take(&mut *lock(&accepted));
+    let mut early: HashMap<String, (bool, Instant)> = HashMap::new();
+    let settle_until = Instant::now() + opts.settle;
+    let n_accepted = pending.len() as u64;
+    // Terminal events may have arrived before the 201 was processed: match both ways.
+    while !pending.is_empty() {
+        let left = settle_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, terminal_rx.recv()).await {
+            Ok(Some((id, ok, at))) => {
+                early.insert(id, (ok, at));
+            }
+            _ => break,
+        }
+        early.retain(|id, (ok, at)| match pending.remove(id) {
+            Some(accepted_at) => {
+                terminal_hist.saturating_record(at.saturating_duration_since(accepted_at).as_micros() as u64);
+                if *ok { confirmed += 1 } else { cancelled += 1 }
+                false
+            }
+            None => true,
+        });
+    }
+    consumer_task.abort();
+    if let Some(app) = app {
+        app.shutdown().await;
+    }
+    rss_task.abort();
+
+    let report = LoadReport {
+        target_rate: opts.rate,
+        duration_s: sending.as_secs_f64(),
+        sent: total,
+        accepted: n_accepted,
+        accepted_per_s: n_accepted as f64 / sending.as_secs_f64().max(0.001),
+        post_latency_ms: Percentiles::of(&lock(&post_hist)),
+        accepted_to_terminal_ms: Percentiles::of(&terminal_hist),
+        confirmed,
+        cancelled,
+        unfinished: pending.len() as u64,
+        errors: lock(&errors).clone(),
+        max_rss_mib: *lock(&rss) as f64 / 1024.0,
+        in_process: opts.url.is_none(),
+    };
+    if let Some(path) = &opts.out {
+        let json = serde_json::to_vec_pretty(&report).map_err(setup)?;
+        std::fs::write(path, json).map_err(setup)?;
+    }
+    Ok(report)
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 µs to 5 minutes with 3 significant digits; the bounds are constants that are valid.
+    Histogram::new_with_bounds(1, 300_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Creates `skus` products with more stock than any run can sell.
+async fn seed(http: &reqwest::Client, base: &str, skus: u32) -> Result<(), LoadError> {
+    for i in 0..skus.max(1) {
+        let sku = format!("LOAD-{i:04}");
+        let resp = http
+            .post(format!("{base}/v1/products"))
+            .json(&json!({"sku": sku, "name": sku, "unit_price_minor": 100, "currency": "EUR", "on_hand": 1_000_000_000}))
+            .send()
+            .await
+            .map_err(setup)?;
+        if !matches!(resp.status().as_u16(), 201 | 409) {
+            return Err(setup(format!("cannot create {sku}: {}", resp.status())));
+        }
+    }
+    Ok(())
+}
+
+async fn terminal_events(config: &Config) -> Result<StreamConsumer, LoadError> {
+    let topic = config.topic(topics::ORDER_EVENTS);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set(
+            "group.id",
+            format!("orderflow-load-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(setup)?;
+    consumer.subscribe(&[&topic]).map_err(setup)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while consumer.assignment().map_err(setup)?.count() == 0 {
+        if Instant::now() > deadline {
+            return Err(setup(format!("no partitions of {topic} assigned")));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    }
+    Ok(consumer)
+}
+
+/// Samples this process's resident set size (KiB) every 250 ms, keeping the highest.
+async fn sample_rss(max: Arc<Mutex<u64>>) {
+    loop {
+        if let Ok(status) = tokio::fs::read_to_string("/proc/self/status").await {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let mut m = lock(&max);
+            *m = (*m).max(kib);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl LoadReport {
+    pub fn summary(&self) -> String {
+        let p = &self.post_latency_ms;
+        let t = &self.accepted_to_terminal_ms;
+        format!(
+            "target {} orders/s for {:.1} s: sent {}, accepted {} ({:.0}/s)\n\
+             POST latency ms            p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
+             accepted->terminal ms      p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
+             confirmed {}, cancelled {}, unfinished {}, errors {:?}\n\
+             max RSS {:.1} MiB ({})",
+            self.target_rate,
+            self.duration_s,
+            self.sent,
+            self.accepted,
+            self.accepted_per_s,
+            p.p50,
+            p.p99,
+            p.p999,
+            p.max,
+            t.p50,
+            t.p99,
+            t.p999,
+            t.max,
+            self.confirmed,
+            self.cancelled,
+            self.unfinished,
+            self.errors,
+            self.max_rss_mib,
+            if self.in_process {
+                "all services and the load generator in this process"
+            } else {
+                "load generator only"
+            }
+        )
+    }
+}
