@@ -60,7 +60,13 @@ impl App {
         if config.database.migrate_on_start {
             db::migrate(&pool).await?;
         }
-        kafka::ensure_topics(&config, topics::ALL).await?;
+        let dead_letters: Vec<String> = topics::CONSUMED
+            .iter()
+            .map(|t| format!("{t}{}", topics::DLQ_SUFFIX))
+            .collect();
+        let mut all: Vec<&str> = topics::ALL.to_vec();
+        all.extend(dead_letters.iter().map(String::as_str));
+        kafka::ensure_topics(&config, &all).await?;
         let producer = kafka::producer(&config.kafka)?;
         let redis = redis::pool(&config.redis)?;
         let s3 = s3::client(&config.s3);

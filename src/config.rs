@@ -229,6 +229,8 @@ pub struct BridgeConfig {
     /// Retry backoff for a failed record: initial and cap.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// Transient failures of one record before it goes to its dead-letter topic.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -368,6 +370,7 @@ impl Default for BridgeConfig {
             handler_timeout_ms: 10_000,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
+            max_attempts: 10,
         }
     }
 }
@@ -505,6 +508,10 @@ impl Config {
             "ORDERFLOW_BRIDGE_MAX_IN_FLIGHT",
             &mut self.bridge.max_in_flight,
         )?;
+        env.parse(
+            "ORDERFLOW_BRIDGE_MAX_ATTEMPTS",
+            &mut self.bridge.max_attempts,
+        )?;
         env.parse("ORDERFLOW_INVENTORY_WORKERS", &mut self.inventory.workers)?;
         env.parse(
             "ORDERFLOW_INVENTORY_RESERVATION_TTL_SECS",
@@ -563,8 +570,8 @@ impl Config {
         if self.payment.workers == 0 || self.payment.provider_timeout_ms == 0 {
             return bad("payment.workers and payment.provider_timeout_ms must be at least 1");
         }
-        if self.bridge.max_in_flight == 0 {
-            return bad("bridge.max_in_flight must be at least 1");
+        if self.bridge.max_in_flight == 0 || self.bridge.max_attempts == 0 {
+            return bad("bridge.max_in_flight and bridge.max_attempts must be at least 1");
         }
         if self.supervision.max_restarts == 0 {
             return bad("supervision.max_restarts must be at least 1");

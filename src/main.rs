@@ -37,6 +37,11 @@ enum Command {
     Config,
     /// Reconcile orders, payments and stock; exits non-zero on a violation.
     Check,
+    /// Dead letters: list them, or re-drive them to their source topics.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Send orders at a constant rate and report throughput and latencies.
     Load {
         /// Orders per second (open model: sent on schedule whatever the responses take).
@@ -66,6 +71,14 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         orders: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Print every dead letter as JSON lines.
+    List,
+    /// Publish the dead letters not replayed before back to their source topics.
+    Replay,
 }
 
 #[tokio::main]
@@ -100,6 +113,22 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", report.summary());
             Ok(())
         }
+        Command::Dlq { action } => match action {
+            DlqAction::List => {
+                let letters = orderflow::infra::dlq::list(&config).await?;
+                for l in &letters {
+                    println!("{}", serde_json::to_string(l)?);
+                }
+                eprintln!("{} dead letters", letters.len());
+                Ok(())
+            }
+            DlqAction::Replay => {
+                let producer = orderflow::infra::kafka::producer(&config.kafka)?;
+                let n = orderflow::infra::dlq::replay(&config, &producer).await?;
+                println!("{n} dead letters re-driven to their source topics");
+                Ok(())
+            }
+        },
         Command::Check => {
             let pool = orderflow::infra::db::connect(&config.database)?;
             let report = orderflow::invariants::check(&pool, None).await?;

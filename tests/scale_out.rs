@@ -42,25 +42,43 @@ async fn two_processes_share_the_orders_and_one_stopping_hands_its_sagas_over() 
     }
     // Both processes worked on sagas before one of them stops.
     eventually(WAIT, "some orders confirmed", || async {
-        (env.count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'").await >= 5).then_some(())
+        (env.count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+            .await
+            >= 5)
+            .then_some(())
     })
     .await;
     assert!(a.terminate().await, "the first process stops cleanly");
 
-    eventually(WAIT, "every order completes on the remaining process", || async {
-        (env.count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'").await == 60).then_some(())
-    })
+    eventually(
+        WAIT,
+        "every order completes on the remaining process",
+        || async {
+            (env.count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+                .await
+                == 60)
+                .then_some(())
+        },
+    )
     .await;
     let initial: HashMap<String, i64> = [("SHARED".to_owned(), 1_000)].into();
     eventually(WAIT, "the invariants hold", || async {
-        let r = orderflow::invariants::check(&env.pool, Some(&initial)).await.ok()?;
+        let r = orderflow::invariants::check(&env.pool, Some(&initial))
+            .await
+            .ok()?;
         r.is_clean().then_some(())
     })
     .await;
     // Orders placed through either API are readable through the survivor.
     for id in &ids {
-        let o: Value = http.get(b.url(&format!("/v1/orders/{id}"))).send().await
-            .unwrap_or_else(|e| panic!("{e}")).json().await.unwrap_or_default();
+        let o: Value = http
+            .get(b.url(&format!("/v1/orders/{id}")))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_default();
         assert_eq!(o["status"], "CONFIRMED");
     }
     assert!(b.terminate().await);

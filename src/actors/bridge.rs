@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::oneshot;
 
 use crate::actors::supervision::backoff;
@@ -82,11 +84,22 @@ pub enum BridgeMsg {
     Retry {
         offset: i64,
     },
+    /// Publish the record to its dead-letter topic (first try or after a failed publish).
+    DeadLetter {
+        offset: i64,
+        reason: String,
+    },
+    /// The record is on its dead-letter topic: it counts as finished.
+    DeadLettered {
+        offset: i64,
+    },
     /// Replies once nothing is in flight (used on shutdown before the final commit).
     Drain(RpcReplyPort<()>),
 }
 
 pub struct BridgeArgs {
+    /// Publishes records that can never be handled to `<topic>.dlq`.
+    pub producer: FutureProducer,
     pub topic: String,
     pub partition: i32,
     pub consumer: Arc<BridgeConsumer>,
@@ -165,6 +178,24 @@ impl Actor for PartitionBridge {
                     dispatch(&myself, state, record).await;
                 }
             }
+            BridgeMsg::DeadLetter { offset, reason } => {
+                if let Some(entry) = state.in_flight.get(&offset) {
+                    dead_letter(
+                        &myself,
+                        &state.args,
+                        entry.record.clone(),
+                        reason,
+                        entry.attempts,
+                    );
+                }
+            }
+            BridgeMsg::DeadLettered { offset } => {
+                if state.in_flight.remove(&offset).is_some() {
+                    metrics::counter!(m::BRIDGE_RECORDS, "service" => state.args.service, "outcome" => "dead_lettered")
+                        .increment(1);
+                    state.after_completion();
+                }
+            }
             BridgeMsg::Drain(reply) => {
                 if state.in_flight.is_empty() {
                     let _ = reply.send(());
@@ -208,6 +239,74 @@ async fn dispatch(myself: &ActorRef<BridgeMsg>, state: &BridgeState, record: Arc
     }
 }
 
+/// Publishes a record to `<topic>.dlq` with why it failed, then reports back. A failed publish
+/// is tried again after the retry backoff: a record is never dropped.
+fn dead_letter(
+    myself: &ActorRef<BridgeMsg>,
+    args: &BridgeArgs,
+    record: Arc<Record>,
+    reason: String,
+    attempts: u32,
+) {
+    let producer = args.producer.clone();
+    let dlq = format!(
+        "{}{}",
+        record.topic,
+        crate::domain::envelope::topics::DLQ_SUFFIX
+    );
+    let service = args.service;
+    let retry_after = Duration::from_millis(args.config.retry_max_ms);
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let offset = record.offset;
+        let source_partition = record.partition.to_string();
+        let source_offset = offset.to_string();
+        let attempts_text = attempts.to_string();
+        let error: String = reason.chars().take(2_000).collect();
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &record.headers {
+            if !k.starts_with("dlq-") {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+        }
+        for (key, value) in [
+            ("dlq-error", error.as_str()),
+            ("dlq-source-topic", record.topic.as_str()),
+            ("dlq-source-partition", source_partition.as_str()),
+            ("dlq-source-offset", source_offset.as_str()),
+            ("dlq-attempts", attempts_text.as_str()),
+            ("dlq-service", service),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut out = FutureRecord::to(&dlq).headers(headers);
+        if let Some(key) = &record.key {
+            out = out.key(key.as_slice());
+        }
+        if let Some(payload) = &record.payload {
+            out = out.payload(payload.as_slice());
+        }
+        match producer.send(out, Duration::from_secs(10)).await {
+            Ok(_) => {
+                let _ = me.cast(BridgeMsg::DeadLettered { offset });
+            }
+            Err((e, _)) => {
+                tracing::warn!(error = %e, %dlq, offset, "cannot publish to the dead-letter topic; retrying");
+                me.send_after(retry_after, move || BridgeMsg::DeadLetter {
+                    offset,
+                    reason,
+                });
+            }
+        }
+    });
+}
+
 impl BridgeState {
     fn on_finished(&mut self, myself: &ActorRef<BridgeMsg>, offset: i64, result: HandleResult) {
         let service = self.args.service;
@@ -225,17 +324,25 @@ impl BridgeState {
             Err(HandleError::Poison(reason)) => {
                 tracing::error!(
                     topic = %self.args.topic, partition = self.args.partition, offset,
-                    %reason, "skipping a record that can never be handled"
+                    %reason, "a record that can never be handled goes to the dead-letter topic"
                 );
-                metrics::counter!(m::BRIDGE_RECORDS, "service" => service, "outcome" => "poison")
-                    .increment(1);
-                self.in_flight.remove(&offset);
+                let _ = myself.cast(BridgeMsg::DeadLetter { offset, reason });
+                return;
             }
             Err(HandleError::Transient(reason)) => {
                 let Some(entry) = self.in_flight.get_mut(&offset) else {
                     return;
                 };
                 entry.attempts += 1;
+                if entry.attempts >= self.args.config.max_attempts {
+                    tracing::error!(
+                        topic = %self.args.topic, partition = self.args.partition, offset,
+                        attempts = entry.attempts, %reason, "retries exhausted; dead-lettering the record"
+                    );
+                    let reason = format!("after {} attempts: {reason}", entry.attempts);
+                    let _ = myself.cast(BridgeMsg::DeadLetter { offset, reason });
+                    return;
+                }
                 let delay = backoff(
                     Duration::from_millis(self.args.config.retry_initial_ms),
                     Duration::from_millis(self.args.config.retry_max_ms),
@@ -249,6 +356,11 @@ impl BridgeState {
                 return;
             }
         }
+        self.after_completion();
+    }
+
+    /// Bookkeeping once a record left the in-flight set.
+    fn after_completion(&mut self) {
         self.store_offset();
         self.apply_backpressure();
         if self.in_flight.is_empty() {

@@ -231,18 +231,21 @@ impl RootState {
                 let args = match service {
                     Service::Order => super::order::router::service(
                         a.config.clone(),
+                        a.producer.clone(),
                         a.pool.clone(),
                         a.wakers.clone(),
                         a.instance.clone(),
                     ),
                     Service::Inventory => super::inventory::service(
                         a.config.clone(),
+                        a.producer.clone(),
                         a.pool.clone(),
                         a.wakers.clone(),
                         a.instance.clone(),
                     ),
                     Service::Payment => super::payment::service(
                         a.config.clone(),
+                        a.producer.clone(),
                         a.pool.clone(),
                         a.payment_provider.clone(),
                         a.wakers.clone(),

@@ -39,6 +39,8 @@ pub type RouterFactory = Arc<dyn Fn(ActorCell) -> Arc<dyn Router> + Send + Sync>
 
 pub struct ServiceArgs {
     pub config: Arc<Config>,
+    /// For dead letters.
+    pub producer: rdkafka::producer::FutureProducer,
     /// The service's name: consumer group suffix, actor names, metric label.
     pub name: &'static str,
     /// Logical topics the service consumes.
@@ -189,6 +191,7 @@ impl ServiceState {
             return Ok(b.clone());
         }
         let args = BridgeArgs {
+            producer: self.args.producer.clone(),
             topic: topic.to_owned(),
             partition,
             consumer: self.consumer.clone(),

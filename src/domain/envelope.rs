@@ -24,6 +24,16 @@ pub mod topics {
     pub const PAYMENT_COMMANDS: &str = "payment.commands";
     /// Replies of the payment service (`PaymentAuthorized`, `PaymentDeclined`, `PaymentRefunded`).
     pub const PAYMENT_EVENTS: &str = "payment.events";
+    /// The suffix of a topic's dead-letter topic (`order.events` → `order.events.dlq`).
+    pub const DLQ_SUFFIX: &str = ".dlq";
+    /// Topics that services consume, each with a dead-letter topic.
+    pub const CONSUMED: &[&str] = &[
+        ORDER_EVENTS,
+        INVENTORY_COMMANDS,
+        INVENTORY_EVENTS,
+        PAYMENT_COMMANDS,
+        PAYMENT_EVENTS,
+    ];
     /// Every topic the current services use, for topic provisioning.
     pub const ALL: &[&str] = &[
         ORDER_EVENTS,

@@ -1,6 +1,7 @@
 //! Adapters to the outside systems, one module each. Nothing here knows about actors or HTTP.
 
 pub mod db;
+pub mod dlq;
 pub mod kafka;
 pub mod outbox;
 pub mod payment_provider;

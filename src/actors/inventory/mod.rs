@@ -19,6 +19,7 @@ use crate::infra::outbox::OutboxWakers;
 /// The inventory service: consumes `inventory.commands` with a pool of keyed workers.
 pub fn service(
     config: Arc<Config>,
+    producer: rdkafka::producer::FutureProducer,
     pool: PgPool,
     wakers: OutboxWakers,
     instance: String,
@@ -37,6 +38,7 @@ pub fn service(
     });
     ServiceArgs {
         config,
+        producer,
         name: "inventory",
         topics: vec![topics::INVENTORY_COMMANDS],
         router,

@@ -18,6 +18,7 @@ use crate::infra::outbox::OutboxWakers;
 /// The order service: consumes `order.events` and routes each to its order's saga.
 pub fn service(
     config: Arc<Config>,
+    producer: rdkafka::producer::FutureProducer,
     pool: PgPool,
     wakers: OutboxWakers,
     instance: String,
@@ -35,6 +36,7 @@ pub fn service(
     });
     ServiceArgs {
         config,
+        producer,
         name: "order",
         // The saga's own events, and the replies of the services it commands.
         topics: vec![

@@ -19,6 +19,7 @@ use crate::infra::payment_provider::PaymentProvider;
 /// The payment service: consumes `payment.commands` with a pool of keyed workers.
 pub fn service(
     config: Arc<Config>,
+    producer: rdkafka::producer::FutureProducer,
     pool: PgPool,
     provider: Arc<dyn PaymentProvider>,
     wakers: OutboxWakers,
@@ -40,6 +41,7 @@ pub fn service(
     });
     ServiceArgs {
         config,
+        producer,
         name: "payment",
         topics: vec![topics::PAYMENT_COMMANDS],
         router,
