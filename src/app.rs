@@ -113,6 +113,7 @@ impl App {
             wakers,
             metrics,
             serve_v1: services.contains(&Service::Api),
+            instance: instance.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.http.bind)
             .await

@@ -3,6 +3,7 @@
 //! route records by key to per-entity actors such as the order saga (`order/saga.rs`).
 
 pub mod bridge;
+pub mod hub;
 pub mod inventory;
 pub mod order;
 pub mod outbox;

@@ -11,6 +11,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 
 use super::Service;
+use super::hub::StatusHub;
 use super::inventory::expiry::{ExpirySweeper, SweeperArgs};
 use super::order::timers::{SagaTimers, TimerArgs};
 use super::outbox::{OutboxRelay, RelayArgs, RelayMsg};
@@ -29,6 +30,7 @@ pub enum Child {
     Service(Service),
     ReservationSweeper,
     SagaTimers,
+    StatusHub,
 }
 
 /// `Schema` with an order, for the child map.
@@ -56,6 +58,7 @@ impl Child {
             Child::Service(s) => format!("{s}-service"),
             Child::ReservationSweeper => "reservation-sweeper".into(),
             Child::SagaTimers => "saga-timers".into(),
+            Child::StatusHub => "status-hub".into(),
         }
     }
 }
@@ -174,7 +177,7 @@ impl RootState {
         let mut wanted = Vec::new();
         for service in &self.args.services {
             match service {
-                Service::Api => {}
+                Service::Api => wanted.push(Child::StatusHub),
                 Service::Order => {
                     if relays {
                         wanted.push(Child::Relay(SchemaKey::Orders));
@@ -258,6 +261,12 @@ impl RootState {
                     .0
                     .get_cell()
             }
+            Child::StatusHub => {
+                Actor::spawn_linked(Some(name), StatusHub, a.config.clone(), supervisor)
+                    .await?
+                    .0
+                    .get_cell()
+            }
             Child::SagaTimers => {
                 let args = TimerArgs {
                     pool: a.pool.clone(),
@@ -311,7 +320,9 @@ impl RootState {
                     }
                     cell.stop(Some("shutdown".into()));
                 }
-                Child::ReservationSweeper | Child::SagaTimers => cell.stop(Some("shutdown".into())),
+                Child::ReservationSweeper | Child::SagaTimers | Child::StatusHub => {
+                    cell.stop(Some("shutdown".into()))
+                }
                 Child::Service(_) => {}
             }
         }

@@ -2,6 +2,7 @@
 //! error map (`problem`). Every rejection becomes RFC 9457 problem+json.
 
 pub mod errors_doc;
+pub mod events;
 pub mod health;
 pub mod orders;
 pub mod payments;
@@ -33,6 +34,8 @@ pub struct ApiContext {
     pub metrics: PrometheusHandle,
     /// Serve `/v1` (the `api` service); health and metrics are always served.
     pub serve_v1: bool,
+    /// This process's actor-name prefix (to find the status hub).
+    pub instance: String,
 }
 
 fn with_ctx(ctx: ApiContext) -> impl Filter<Extract = (ApiContext,), Error = Infallible> + Clone {
@@ -52,7 +55,9 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
             .unify()
             .or(products::routes(ctx.clone()))
             .unify()
-            .or(payments::routes(ctx))
+            .or(payments::routes(ctx.clone()))
+            .unify()
+            .or(events::routes(ctx))
             .unify()
             .boxed()
     } else {
@@ -82,6 +87,7 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "orders", _] => "/v1/orders/{id}",
         ["v1", "orders", _, "payment"] => "/v1/orders/{id}/payment",
         ["v1", "orders", _, "cancel"] => "/v1/orders/{id}/cancel",
+        ["v1", "orders", _, "events"] => "/v1/orders/{id}/events",
         ["v1", "products"] => "/v1/products",
         ["v1", "products", _] => "/v1/products/{sku}",
         ["health", "live"] => "/health/live",

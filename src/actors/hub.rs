@@ -1,0 +1,172 @@
+//! The order-status hub: fans order events out to websocket subscribers. It reads the events
+//! topics from Kafka (every partition, from the end, no consumer group), not in-process state,
+//! so a client connected to one process sees orders that other processes handle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::domain::envelope::{Envelope, topics};
+
+/// Messages a subscriber may queue before it is dropped as too slow (it can reconnect).
+pub const SUBSCRIBER_BUFFER: usize = 64;
+
+/// One event about an order, as websocket clients receive it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub order_id: Uuid,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub payload: serde_json::Value,
+}
+
+impl StatusEvent {
+    pub fn is_terminal(&self) -> bool {
+        self.kind == "OrderConfirmed" || self.kind == "OrderCancelled"
+    }
+}
+
+pub enum HubMsg {
+    Subscribe {
+        order_id: Uuid,
+        id: u64,
+        sender: mpsc::Sender<StatusEvent>,
+    },
+    Unsubscribe {
+        order_id: Uuid,
+        id: u64,
+    },
+    Event(StatusEvent),
+}
+
+pub struct HubState {
+    subscribers: HashMap<Uuid, Vec<(u64, mpsc::Sender<StatusEvent>)>>,
+    consume: JoinHandle<()>,
+}
+
+impl Drop for HubState {
+    fn drop(&mut self) {
+        self.consume.abort();
+    }
+}
+
+pub struct StatusHub;
+
+impl Actor for StatusHub {
+    type Msg = HubMsg;
+    type State = HubState;
+    type Arguments = Arc<Config>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        config: Arc<Config>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let consumer = events_consumer(&config)?;
+        let consume = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(msg) => {
+                        let Some(env) = msg.payload().and_then(|p| Envelope::decode(p).ok()) else {
+                            continue;
+                        };
+                        let event = StatusEvent {
+                            kind: env.kind,
+                            order_id: env.order_id.as_uuid(),
+                            occurred_at: env.occurred_at,
+                            payload: env.payload,
+                        };
+                        if myself.cast(HubMsg::Event(event)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "status hub consume error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(HubState {
+            subscribers: HashMap::new(),
+            consume,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            HubMsg::Subscribe {
+                order_id,
+                id,
+                sender,
+            } => state
+                .subscribers
+                .entry(order_id)
+                .or_default()
+                .push((id, sender)),
+            HubMsg::Unsubscribe { order_id, id } => {
+                if let Some(subs) = state.subscribers.get_mut(&order_id) {
+                    subs.retain(|(i, _)| *i != id);
+                    if subs.is_empty() {
+                        state.subscribers.remove(&order_id);
+                    }
+                }
+            }
+            HubMsg::Event(event) => {
+                if let Some(subs) = state.subscribers.get_mut(&event.order_id) {
+                    // A full or closed channel drops that subscriber: memory stays bounded.
+                    subs.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+                    if subs.is_empty() {
+                        state.subscribers.remove(&event.order_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A consumer assigned every partition of the events topics, at their ends.
+fn events_consumer(config: &Config) -> Result<StreamConsumer, ActorProcessingErr> {
+    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set(
+            "group.id",
+            format!("{}status-hub", config.kafka.group_prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for logical in [
+        topics::ORDER_EVENTS,
+        topics::INVENTORY_EVENTS,
+        topics::PAYMENT_EVENTS,
+    ] {
+        let topic = config.topic(logical);
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(&topic, p.id(), Offset::End)?;
+            }
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}

@@ -1,0 +1,107 @@
+//! `GET /v1/orders/{id}/events`: the websocket sends the current state, then each event of the
+//! saga, and closes after the terminal one — also when another process runs the saga.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use orderflow::actors::Service;
+use serde_json::{Value, json};
+use support::{TestApp, TestEnv, order_body};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Reads every text message until the server closes the socket.
+async fn collect(app: &TestApp, id: &str) -> Vec<Value> {
+    let url = format!(
+        "{}/v1/orders/{id}/events",
+        app.base.replacen("http://", "ws://", 1)
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("websocket connect: {e}"));
+    let mut messages = Vec::new();
+    let read = async {
+        while let Some(msg) = socket.next().await {
+            match msg {
+                Ok(Message::Text(t)) => {
+                    messages.push(serde_json::from_str(t.as_str()).unwrap_or(Value::Null))
+                }
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("the stream of {id} did not close"));
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_follows_an_order_handled_by_another_process() {
+    let mut env = TestEnv::new().await;
+    env.config.payment.latency_ms = 300;
+    // The API process runs no saga; the worker process runs every service but the API.
+    let edge = env.spawn(&[Service::Api]).await;
+    let workers = env
+        .spawn(&[Service::Order, Service::Inventory, Service::Payment])
+        .await;
+    let resp = edge.http.post(edge.url("/v1/products"))
+        .json(&json!({"sku": "WS", "name": "ws", "unit_price_minor": 250, "currency": "EUR", "on_hand": 5}))
+        .send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 201);
+    let resp = edge
+        .place_order(&order_body("ws-client", &[("WS", 2)]))
+        .await;
+    let id: Value = resp.json().await.unwrap_or_default();
+    let id = id["order_id"].as_str().unwrap_or_default().to_owned();
+
+    let messages = collect(&edge, &id).await;
+    let kinds: Vec<&str> = messages
+        .iter()
+        .map(|m| m["type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"state"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"OrderConfirmed"), "{kinds:?}");
+    for expected in ["StockReserved", "PaymentAuthorized"] {
+        assert!(
+            kinds.contains(&expected),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .skip(1)
+            .all(|m| m["order_id"] == id.as_str())
+    );
+
+    // A finished order: its state, then the stream closes at once.
+    let messages = collect(&edge, &id).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["order"]["status"], "CONFIRMED");
+
+    // Unknown and malformed ids are refused before the upgrade.
+    for (path, status) in [
+        (format!("/v1/orders/{}/events", uuid::Uuid::now_v7()), 404),
+        ("/v1/orders/nope/events".to_owned(), 400),
+    ] {
+        let resp = edge
+            .http
+            .get(edge.url(&path))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+    }
+    workers.app.shutdown().await;
+    edge.app.shutdown().await;
+    env.cleanup().await;
+}
