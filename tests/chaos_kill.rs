@@ -15,7 +15,7 @@ use serde_json::Value;
 use sqlx::Row;
 use support::{ChildProcess, TestEnv, eventually, order_body, read_topic, topic_size};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 async fn order_ids(env: &TestEnv) -> HashSet<String> {
     sqlx::query("SELECT id::text FROM orders.orders")
@@ -138,8 +138,8 @@ async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_
 async fn sigkill_under_load_loses_no_committed_order() {
     let env = TestEnv::new().await;
     let first = ChildProcess::start(&env, "all", &[]).await;
-    let initial: HashMap<String, i64> = [("SKU-L".to_owned(), 600)].into();
-    stock(&first.base, "SKU-L", 600).await;
+    let initial: HashMap<String, i64> = [("SKU-L".to_owned(), 3_000)].into();
+    stock(&first.base, "SKU-L", 3_000).await;
     let url = first.url("/v1/orders");
     let accepted = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let count = Arc::new(AtomicUsize::new(0));
@@ -150,7 +150,7 @@ async fn sigkill_under_load_loses_no_committed_order() {
         let (url, accepted, count) = (url.clone(), accepted.clone(), count.clone());
         clients.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
-            for i in 0..100 {
+            for i in 0..300 {
                 let mut body = order_body(&format!("load-{c}"), &[("SKU-L", i % 5 + 1)]);
                 if i % 10 == 0 {
                     body["card_token"] = "tok_decline".into();
@@ -172,8 +172,8 @@ async fn sigkill_under_load_loses_no_committed_order() {
             }
         }));
     }
-    eventually(WAIT, "150 orders accepted before the kill", || async {
-        (count.load(Ordering::Relaxed) >= 150).then_some(())
+    eventually(WAIT, "1,000 orders accepted before the kill", || async {
+        (count.load(Ordering::Relaxed) >= 1_000).then_some(())
     })
     .await;
     first.kill().await;
@@ -187,7 +187,7 @@ async fn sigkill_under_load_loses_no_committed_order() {
         accepted.is_subset(&committed),
         "an accepted order is missing from PostgreSQL"
     );
-    assert!(committed.len() >= 150);
+    assert!(committed.len() >= 1_000);
 
     let second = ChildProcess::start(&env, "all", &[]).await;
     assert_nothing_lost(&env, &committed, &initial).await;
