@@ -175,6 +175,9 @@ pub struct OutboxConfig {
     pub batch_size: i64,
     /// Fallback polling interval when no commit wakes the relay.
     pub poll_interval_ms: u64,
+    /// After a wake-up, how long the relay lets more commits gather before it publishes: a
+    /// little latency for fewer, larger batches under load.
+    pub batch_delay_ms: u64,
     /// Published rows are deleted after this long.
     pub retention_secs: u64,
 }
@@ -324,6 +327,7 @@ impl Default for OutboxConfig {
             relay_enabled: true,
             batch_size: 500,
             poll_interval_ms: 500,
+            batch_delay_ms: 2,
             retention_secs: 3_600,
         }
     }

@@ -284,7 +284,7 @@ async fn terminal_events(config: &Config) -> Result<StreamConsumer, LoadError> {
         )
         .set("auto.offset.reset", "latest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "100")
         .create()
         .map_err(setup)?;
     consumer.subscribe(&[&topic]).map_err(setup)?;

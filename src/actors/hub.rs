@@ -151,7 +151,7 @@ fn events_consumer(config: &Config) -> Result<StreamConsumer, ActorProcessingErr
             format!("{}status-hub", config.kafka.group_prefix),
         )
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "100")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for logical in [

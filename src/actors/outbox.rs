@@ -53,10 +53,13 @@ impl Actor for OutboxRelay {
         // Notify keeps at most one permit, so a burst of commits becomes one or two passes.
         let wake = args.wake.clone();
         let poll = args.config.poll_interval();
+        let gather = std::time::Duration::from_millis(args.config.batch_delay_ms);
         let me = myself.clone();
         let waker = tokio::spawn(async move {
             loop {
-                let _ = tokio::time::timeout(poll, wake.notified()).await;
+                if tokio::time::timeout(poll, wake.notified()).await.is_ok() && !gather.is_zero() {
+                    tokio::time::sleep(gather).await;
+                }
                 if me.cast(RelayMsg::Pass).is_err() {
                     break;
                 }

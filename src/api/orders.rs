@@ -112,7 +112,7 @@ async fn place_order(
     .map_err(unavailable)?;
     ctx.wakers.wake(Schema::Orders);
     metrics::counter!(crate::metrics::ORDERS_ACCEPTED).increment(1);
-    tracing::info!(order_id = %id, trace_id = %trace.trace_id_hex(), lines = order.lines.len(), "order accepted");
+    tracing::debug!(order_id = %id, trace_id = %trace.trace_id_hex(), lines = order.lines.len(), "order accepted");
     let location = format!("/v1/orders/{id}");
     let reply = warp::reply::with_status(warp::reply::json(&record), StatusCode::CREATED);
     let reply = warp::reply::with_header(reply, "location", location);

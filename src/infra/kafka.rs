@@ -112,7 +112,7 @@ pub fn consumer(
             "heartbeat.interval.ms",
             (config.session_timeout_ms / 4).to_string(),
         )
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "100")
         .create_with_context(BridgeContext { events: tx })?;
     Ok((consumer, rx))
 }

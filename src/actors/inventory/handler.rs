@@ -61,7 +61,7 @@ impl CommandHandler for InventoryHandler {
             Ok(CommandOutcome::Duplicate) => Ok(Handled::Duplicate),
             Ok(outcome) => {
                 self.wakers.wake(Schema::Inventory);
-                tracing::info!(order_id = %envelope.order_id, kind = %envelope.kind, ?outcome, "inventory command handled");
+                tracing::debug!(order_id = %envelope.order_id, kind = %envelope.kind, ?outcome, "inventory command handled");
                 Ok(Handled::Applied)
             }
             Err(e) => Err(HandleError::Transient(e.to_string())),

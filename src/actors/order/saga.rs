@@ -281,7 +281,7 @@ impl SagaActorState {
             Ok(StepOutcome::Applied { version }) => {
                 self.loaded = Some((transition.state.clone(), Some(version)));
                 self.args.wakers.wake(Schema::Orders);
-                tracing::info!(
+                tracing::debug!(
                     order_id = %self.args.order_id, message = %envelope.kind,
                     from = state.status.as_str(), to = transition.state.status.as_str(),
                     "saga transition"

@@ -106,7 +106,7 @@ impl PaymentHandler {
             }
         }
         .map_err(|e| transient(e.to_string()))?;
-        tracing::info!(order_id = %env.order_id, ?decision, "payment decided");
+        tracing::debug!(order_id = %env.order_id, ?decision, "payment decided");
         Ok(if stored {
             Handled::Applied
         } else {
@@ -142,7 +142,7 @@ impl PaymentHandler {
         )
         .await
         .map_err(|e| transient(e.to_string()))?;
-        tracing::info!(order_id = %env.order_id, refunded_minor = amount, "payment refunded");
+        tracing::debug!(order_id = %env.order_id, refunded_minor = amount, "payment refunded");
         Ok(if stored {
             Handled::Applied
         } else {
