@@ -99,6 +99,65 @@ async fn killed_partition_bridges_are_restarted_and_their_records_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_pauses_partitions_and_loses_nothing() {
+    let mut env = TestEnv::new().await;
+    // A tiny in-flight budget and a slow card network: bridges must pause their partitions.
+    env.config.bridge.max_in_flight = 2;
+    env.config.payment.latency_ms = 40;
+    env.config.payment.workers = 2;
+    let app = env
+        .spawn(&[
+            Service::Api,
+            Service::Order,
+            Service::Inventory,
+            Service::Payment,
+        ])
+        .await;
+    let resp = app
+        .http
+        .post(app.url("/v1/products"))
+        .json(&serde_json::json!({"sku": "BP", "name": "bp", "unit_price_minor": 10, "currency": "EUR", "on_hand": 1_000}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 201);
+    for i in 0..40 {
+        let resp = app
+            .place_order(&order_body(&format!("bp{i}"), &[("BP", 1)]))
+            .await;
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    eventually(
+        Duration::from_secs(120),
+        "all 40 orders confirm",
+        || async {
+            (env.count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+                .await
+                == 40)
+                .then_some(())
+        },
+    )
+    .await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    let pauses: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("orderflow_bridge_partition_pauses_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(pauses > 0.0, "no partition was paused");
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_shutdown_commits_every_consumed_offset() {
     let env = TestEnv::new().await;
     let app = env.spawn(&[Service::Api, Service::Order]).await;

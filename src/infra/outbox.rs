@@ -226,3 +226,29 @@ pub async fn pending(pool: &PgPool, table: &OutboxTable) -> Result<i64, RelayErr
         .await?
         .try_get(0)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    #[test]
+    fn a_burst_of_wakes_leaves_one_pass_pending() {
+        let wakers = OutboxWakers::default();
+        let notify = wakers.get(Schema::Orders);
+        // Three commits before the relay looks: one permit, so one pass, not three.
+        wakers.wake(Schema::Orders);
+        wakers.wake(Schema::Orders);
+        wakers.wake(Schema::Orders);
+        let mut first = task::spawn(notify.notified());
+        assert_ready!(first.poll());
+        let mut second = task::spawn(notify.notified());
+        assert_pending!(second.poll());
+        // Another schema's commits do not wake this relay.
+        wakers.wake(Schema::Inventory);
+        assert_pending!(second.poll());
+        wakers.wake(Schema::Orders);
+        assert!(second.is_woken());
+        assert_ready!(second.poll());
+    }
+}
