@@ -285,32 +285,7 @@ pub async fn reserve(
         .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
         .collect();
     let prices: Vec<i64> = priced.iter().map(|l| l.unit_price_minor).collect();
-    sqlx::query(
-        "UPDATE inventory.products p SET reserved = p.reserved + r.qty, updated_at = now()
-         FROM UNNEST($1::text[], $2::int[]) AS r(sku, qty) WHERE p.sku = r.sku",
-    )
-    .bind(&line_skus)
-    .bind(&quantities)
-    .execute(&mut *tx)
-    .await?;
     let expires_at = Utc::now() + ttl;
-    sqlx::query(
-        "INSERT INTO inventory.reservations (order_id, status, expires_at) VALUES ($1, 'RESERVED', $2)",
-    )
-    .bind(order)
-    .bind(expires_at)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO inventory.reservation_lines (order_id, sku, quantity, unit_price_minor)
-         SELECT $1, sku, qty, price FROM UNNEST($2::text[], $3::int[], $4::bigint[]) AS r(sku, qty, price)",
-    )
-    .bind(order)
-    .bind(&line_skus)
-    .bind(&quantities)
-    .bind(&prices)
-    .execute(&mut *tx)
-    .await?;
     let total_minor = priced
         .iter()
         .map(|l| l.unit_price_minor.saturating_mul(i64::from(l.quantity)))
@@ -321,7 +296,35 @@ pub async fn reserve(
         total_minor,
         expires_at,
     };
-    reply(&mut tx, ctx, &reserved).await?;
+    let (id, kind, payload, headers) = reply_parts(ctx, &reserved);
+    // The rows are locked above: take the stock, record the reservation and reply at once.
+    sqlx::query(
+        "WITH take AS (
+             UPDATE inventory.products p SET reserved = p.reserved + r.qty, updated_at = now()
+             FROM UNNEST($1::text[], $2::int[]) AS r(sku, qty) WHERE p.sku = r.sku
+         ), head AS (
+             INSERT INTO inventory.reservations (order_id, status, expires_at)
+             VALUES ($3, 'RESERVED', $4)
+         ), lines AS (
+             INSERT INTO inventory.reservation_lines (order_id, sku, quantity, unit_price_minor)
+             SELECT $3, sku, qty, price
+             FROM UNNEST($1::text[], $2::int[], $5::bigint[]) AS r(sku, qty, price)
+         )
+         INSERT INTO inventory.outbox (message_id, topic, message_key, message_type, payload, headers)
+         VALUES ($6, $7, $3::text, $8, $9, $10)",
+    )
+    .bind(&line_skus)
+    .bind(&quantities)
+    .bind(order)
+    .bind(expires_at)
+    .bind(&prices)
+    .bind(id)
+    .bind(topics::INVENTORY_EVENTS)
+    .bind(kind)
+    .bind(payload)
+    .bind(headers)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(CommandOutcome::Reserved { total_minor })
 }
@@ -373,29 +376,71 @@ async fn existing_reservation(
     }))
 }
 
+/// The reply envelope of a command as bind parameters (id, type, payload, headers).
+fn reply_parts<P: Payload>(
+    ctx: &CommandContext<'_>,
+    payload: &P,
+) -> (Uuid, String, Vec<u8>, serde_json::Value) {
+    let envelope = Envelope::new(ctx.order_id, payload, Utc::now());
+    let mut headers = serde_json::Map::new();
+    if let Some(tp) = &ctx.traceparent {
+        headers.insert("traceparent".into(), tp.clone().into());
+    }
+    (
+        envelope.id,
+        envelope.kind.clone(),
+        envelope.encode(),
+        serde_json::Value::Object(headers),
+    )
+}
+
 /// Gives back a reserved order's stock and replies `StockReleased` (also when nothing was
-/// reserved, so compensation always completes).
+/// reserved, so compensation always completes). One statement: inbox, release, reply.
 pub async fn release(
     pool: &PgPool,
     ctx: &CommandContext<'_>,
     reason: &str,
 ) -> Result<CommandOutcome, DbError> {
-    let mut tx = pool.begin().await?;
-    if !claim_inbox(&mut tx, Schema::Inventory, ctx.consumer, ctx.message_id).await? {
-        tx.rollback().await?;
-        return Ok(CommandOutcome::Duplicate);
-    }
-    let released = release_in(&mut tx, ctx.order_id.as_uuid()).await?;
-    reply(
-        &mut tx,
+    let (id, kind, payload, headers) = reply_parts(
         ctx,
         &StockReleased {
             reason: reason.to_owned(),
         },
+    );
+    let row = sqlx::query(
+        "WITH claim AS (
+             INSERT INTO inventory.inbox (consumer, message_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING RETURNING 1
+         ), res AS (
+             UPDATE inventory.reservations SET status = 'RELEASED', updated_at = now()
+             WHERE order_id = $3 AND status = 'RESERVED' AND EXISTS (SELECT 1 FROM claim)
+             RETURNING order_id
+         ), stock AS (
+             UPDATE inventory.products p SET reserved = p.reserved - l.quantity, updated_at = now()
+             FROM res, inventory.reservation_lines l
+             WHERE l.order_id = res.order_id AND p.sku = l.sku
+         ), reply AS (
+             INSERT INTO inventory.outbox (message_id, topic, message_key, message_type, payload, headers)
+             SELECT $4, $5, $3::text, $6, $7, $8 FROM claim
+         )
+         SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed",
     )
+    .bind(ctx.consumer)
+    .bind(ctx.message_id)
+    .bind(ctx.order_id.as_uuid())
+    .bind(id)
+    .bind(topics::INVENTORY_EVENTS)
+    .bind(kind)
+    .bind(payload)
+    .bind(headers)
+    .fetch_one(pool)
     .await?;
-    tx.commit().await?;
-    Ok(CommandOutcome::Released { released })
+    if !row.try_get::<bool, _>("fresh")? {
+        return Ok(CommandOutcome::Duplicate);
+    }
+    Ok(CommandOutcome::Released {
+        released: row.try_get("changed")?,
+    })
 }
 
 async fn release_in(tx: &mut Transaction<'_, Postgres>, order: Uuid) -> Result<bool, DbError> {
@@ -420,36 +465,46 @@ async fn release_in(tx: &mut Transaction<'_, Postgres>, order: Uuid) -> Result<b
     Ok(changed)
 }
 
-/// Turns a reservation into a sale: stock leaves `on_hand` and `reserved` together.
+/// Turns a reservation into a sale: stock leaves `on_hand` and `reserved` together. One
+/// statement: inbox, commit, reply.
 pub async fn commit(pool: &PgPool, ctx: &CommandContext<'_>) -> Result<CommandOutcome, DbError> {
-    let mut tx = pool.begin().await?;
-    if !claim_inbox(&mut tx, Schema::Inventory, ctx.consumer, ctx.message_id).await? {
-        tx.rollback().await?;
+    let (id, kind, payload, headers) = reply_parts(ctx, &StockCommitted {});
+    let row = sqlx::query(
+        "WITH claim AS (
+             INSERT INTO inventory.inbox (consumer, message_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING RETURNING 1
+         ), res AS (
+             UPDATE inventory.reservations SET status = 'COMMITTED', updated_at = now()
+             WHERE order_id = $3 AND status = 'RESERVED' AND EXISTS (SELECT 1 FROM claim)
+             RETURNING order_id
+         ), stock AS (
+             UPDATE inventory.products p
+             SET on_hand = p.on_hand - l.quantity, reserved = p.reserved - l.quantity,
+                 updated_at = now()
+             FROM res, inventory.reservation_lines l
+             WHERE l.order_id = res.order_id AND p.sku = l.sku
+         ), reply AS (
+             INSERT INTO inventory.outbox (message_id, topic, message_key, message_type, payload, headers)
+             SELECT $4, $5, $3::text, $6, $7, $8 FROM res
+         )
+         SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed",
+    )
+    .bind(ctx.consumer)
+    .bind(ctx.message_id)
+    .bind(ctx.order_id.as_uuid())
+    .bind(id)
+    .bind(topics::INVENTORY_EVENTS)
+    .bind(kind)
+    .bind(payload)
+    .bind(headers)
+    .fetch_one(pool)
+    .await?;
+    if !row.try_get::<bool, _>("fresh")? {
         return Ok(CommandOutcome::Duplicate);
     }
-    let order = ctx.order_id.as_uuid();
-    let committed = sqlx::query(
-        "UPDATE inventory.reservations SET status = 'COMMITTED', updated_at = now()
-         WHERE order_id = $1 AND status = 'RESERVED'",
-    )
-    .bind(order)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if committed {
-        sqlx::query(
-            "UPDATE inventory.products p
-             SET on_hand = p.on_hand - l.quantity, reserved = p.reserved - l.quantity, updated_at = now()
-             FROM inventory.reservation_lines l WHERE l.order_id = $1 AND p.sku = l.sku",
-        )
-        .bind(order)
-        .execute(&mut *tx)
-        .await?;
-        reply(&mut tx, ctx, &StockCommitted {}).await?;
-    }
-    tx.commit().await?;
-    Ok(CommandOutcome::Committed { committed })
+    Ok(CommandOutcome::Committed {
+        committed: row.try_get("changed")?,
+    })
 }
 
 /// Releases reservations past their expiry (at most `limit`), replying `StockReleased` with

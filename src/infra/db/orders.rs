@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::DbError;
 pub use super::messaging::OutboxMessage;
-use super::messaging::{Schema, claim_inbox, write_outbox};
+use super::messaging::{Schema, write_outbox};
 use crate::domain::envelope::{CancelRequested, Envelope, SagaTimeout, topics};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{NewOrder, OrderStatus};
@@ -58,11 +58,25 @@ pub async fn insert_order(
         .iter()
         .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
         .collect();
-    let mut tx = pool.begin().await?;
+    let envelope = message.envelope;
+    let mut headers = serde_json::Map::new();
+    if let Some(tp) = &message.traceparent {
+        headers.insert("traceparent".into(), tp.clone().into());
+    }
+    // One statement (one round trip, atomic): the order, its lines and its outbox row.
     sqlx::query(
-        "INSERT INTO orders.orders
-           (id, customer_id, currency, status, trace_id, card_token, created_at, updated_at)
-         VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $6)",
+        "WITH o AS (
+             INSERT INTO orders.orders
+               (id, customer_id, currency, status, trace_id, card_token, created_at, updated_at)
+             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $6)
+             RETURNING id
+         ), lines AS (
+             INSERT INTO orders.order_lines (order_id, line_no, sku, quantity)
+             SELECT o.id, l.n - 1, l.sku, l.qty
+             FROM o, UNNEST($7::text[], $8::int[]) WITH ORDINALITY AS l(sku, qty, n)
+         )
+         INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
+         SELECT $9, $10, o.id::text, $11, $12, $13 FROM o",
     )
     .bind(id.as_uuid())
     .bind(order.customer_id.as_str())
@@ -70,19 +84,15 @@ pub async fn insert_order(
     .bind(trace_id)
     .bind(&order.card_token)
     .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO orders.order_lines (order_id, line_no, sku, quantity)
-         SELECT $1, n - 1, sku, qty FROM UNNEST($2::text[], $3::int[]) WITH ORDINALITY AS l(sku, qty, n)",
-    )
-    .bind(id.as_uuid())
     .bind(&skus)
     .bind(&quantities)
-    .execute(&mut *tx)
+    .bind(envelope.id)
+    .bind(message.topic)
+    .bind(&envelope.kind)
+    .bind(envelope.encode())
+    .bind(serde_json::Value::Object(headers))
+    .execute(pool)
     .await?;
-    write_outbox(&mut tx, Schema::Orders, &message).await?;
-    tx.commit().await?;
     Ok(OrderRecord {
         order_id: id.as_uuid(),
         customer_id: order.customer_id.to_string(),
@@ -236,78 +246,91 @@ pub enum StepOutcome {
 }
 
 /// Writes the inbox row, the saga's new state, its journal entry, its outbox messages and the
-/// order's status in one transaction.
+/// order's status as **one statement** (data-modifying CTEs, one round trip, atomic). Every
+/// write depends on the state update, which happens only if the message is new and the stored
+/// version is the one the transition was computed from.
 pub async fn record_saga_step(pool: &PgPool, step: &SagaStep<'_>) -> Result<StepOutcome, DbError> {
-    let mut tx = pool.begin().await?;
-    if !claim_inbox(&mut tx, Schema::Orders, step.consumer, step.message_id).await? {
-        tx.rollback().await?;
-        return Ok(StepOutcome::Duplicate);
-    }
     let data = serde_json::to_value(&step.to.data)
         .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?;
-    let version = match step.expected_version {
-        None => sqlx::query(
-            "INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
-             VALUES ($1, $2, 1, $3, $4, now())
+    let n = step.messages.len();
+    let (mut ids, mut topics_, mut types, mut payloads, mut headers) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for m in &step.messages {
+        ids.push(m.envelope.id);
+        topics_.push(m.topic.to_owned());
+        types.push(m.envelope.kind.clone());
+        payloads.push(m.envelope.encode());
+        let mut h = serde_json::Map::new();
+        if let Some(tp) = &m.traceparent {
+            h.insert("traceparent".into(), tp.clone().into());
+        }
+        headers.push(serde_json::Value::Object(h));
+    }
+    let row = sqlx::query(
+        "WITH fresh AS (
+             SELECT NOT EXISTS (SELECT 1 FROM orders.inbox WHERE consumer = $6 AND message_id = $7) AS ok
+         ), ins AS (
+             INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
+             SELECT $1, $2, 1, $3, $4, now() FROM fresh WHERE fresh.ok AND $5::int IS NULL
              ON CONFLICT (order_id) DO NOTHING
-             RETURNING version",
-        )
-        .bind(step.order_id)
-        .bind(step.to.status.as_str())
-        .bind(&data)
-        .bind(step.deadline)
-        .fetch_optional(&mut *tx)
-        .await?,
-        Some(expected) => {
-            sqlx::query(
-                "UPDATE orders.saga_state
+             RETURNING version
+         ), upd AS (
+             UPDATE orders.saga_state
              SET status = $2, version = version + 1, data = $3, deadline = $4,
                  timeout_sent = false, updated_at = now()
-             WHERE order_id = $1 AND version = $5
-             RETURNING version",
-            )
-            .bind(step.order_id)
-            .bind(step.to.status.as_str())
-            .bind(&data)
-            .bind(step.deadline)
-            .bind(expected)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-    };
-    let Some(version) = version else {
-        tx.rollback().await?;
-        return Ok(StepOutcome::Conflict);
-    };
-    let version: i32 = version.try_get("version")?;
-    sqlx::query(
-        "INSERT INTO orders.saga_journal
-           (order_id, message_id, message_type, from_status, to_status, trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+             WHERE order_id = $1 AND version = $5 AND (SELECT ok FROM fresh)
+             RETURNING version
+         ), done AS (
+             SELECT version FROM ins UNION ALL SELECT version FROM upd
+         ), claim AS (
+             INSERT INTO orders.inbox (consumer, message_id)
+             SELECT $6, $7 FROM done ON CONFLICT DO NOTHING
+         ), journal AS (
+             INSERT INTO orders.saga_journal
+               (order_id, message_id, message_type, from_status, to_status, trace_id)
+             SELECT $1, $7, $8, $9, $2, $10 FROM done
+         ), outbox AS (
+             INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
+             SELECT m.id, m.topic, $1::text, m.kind, m.payload, m.headers
+             FROM done, UNNEST($11::uuid[], $12::text[], $13::text[], $14::bytea[], $15::jsonb[])
+                  AS m(id, topic, kind, payload, headers)
+         ), finished AS (
+             UPDATE orders.orders SET status = $16, cancel_reason = $17, updated_at = now()
+             WHERE id = $1 AND $16::text IS NOT NULL AND EXISTS (SELECT 1 FROM done)
+         )
+         SELECT (SELECT version FROM done) AS version, (SELECT ok FROM fresh) AS fresh",
     )
     .bind(step.order_id)
+    .bind(step.to.status.as_str())
+    .bind(&data)
+    .bind(step.deadline)
+    .bind(step.expected_version)
+    .bind(step.consumer)
     .bind(step.message_id)
     .bind(step.message_type)
     .bind(step.from.as_str())
-    .bind(step.to.status.as_str())
     .bind(step.trace_id)
-    .execute(&mut *tx)
+    .bind(&ids)
+    .bind(&topics_)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&headers)
+    .bind(step.order_update.map(|(s, _)| s.as_str()))
+    .bind(step.order_update.and_then(|(_, r)| r))
+    .fetch_one(pool)
     .await?;
-    for message in &step.messages {
-        write_outbox(&mut tx, Schema::Orders, message).await?;
-    }
-    if let Some((status, reason)) = step.order_update {
-        sqlx::query(
-            "UPDATE orders.orders SET status = $2, cancel_reason = $3, updated_at = now() WHERE id = $1",
-        )
-        .bind(step.order_id)
-        .bind(status.as_str())
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(StepOutcome::Applied { version })
+    let version: Option<i32> = row.try_get("version")?;
+    let fresh: bool = row.try_get("fresh")?;
+    Ok(match (version, fresh) {
+        (Some(version), _) => StepOutcome::Applied { version },
+        (None, false) => StepOutcome::Duplicate,
+        (None, true) => StepOutcome::Conflict,
+    })
 }
 
 /// Announces every saga deadline that passed (at most `limit`) as a `SagaTimeout` on

@@ -121,31 +121,45 @@ pub async fn record_decision<P: Payload>(
     payment: &NewPayment<'_>,
     answer: &P,
 ) -> Result<bool, DbError> {
-    let Some(mut tx) = begin(pool, h).await? else {
-        return Ok(false);
-    };
-    sqlx::query(
-        "INSERT INTO payment.payments
-           (order_id, status, amount_minor, currency, card_token, provider_ref, decline_reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (order_id) DO NOTHING",
+    let envelope = Envelope::new(payment.order_id, answer, Utc::now());
+    let mut headers = serde_json::Map::new();
+    if let Some(tp) = &h.traceparent {
+        headers.insert("traceparent".into(), tp.clone().into());
+    }
+    // One statement: the inbox claim gates the payment row and the reply.
+    let fresh: bool = sqlx::query(
+        "WITH claim AS (
+             INSERT INTO payment.inbox (consumer, message_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING RETURNING 1
+         ), pay AS (
+             INSERT INTO payment.payments
+               (order_id, status, amount_minor, currency, card_token, provider_ref, decline_reason)
+             SELECT $3, $4, $5, $6, $7, $8, $9 FROM claim
+             ON CONFLICT (order_id) DO NOTHING
+         ), reply AS (
+             INSERT INTO payment.outbox (message_id, topic, message_key, message_type, payload, headers)
+             SELECT $10, $11, $3::text, $12, $13, $14 FROM claim
+         )
+         SELECT EXISTS (SELECT 1 FROM claim)",
     )
+    .bind(h.consumer)
+    .bind(h.message_id)
     .bind(payment.order_id.as_uuid())
-    .bind(if payment.approved {
-        "AUTHORIZED"
-    } else {
-        "DECLINED"
-    })
+    .bind(if payment.approved { "AUTHORIZED" } else { "DECLINED" })
     .bind(payment.amount_minor)
     .bind(payment.currency)
     .bind(payment.card_token)
     .bind(payment.provider_ref)
     .bind(payment.decline_reason)
-    .execute(&mut *tx)
-    .await?;
-    reply(&mut tx, h, payment.order_id, answer).await?;
-    tx.commit().await?;
-    Ok(true)
+    .bind(envelope.id)
+    .bind(topics::PAYMENT_EVENTS)
+    .bind(&envelope.kind)
+    .bind(envelope.encode())
+    .bind(serde_json::Value::Object(headers))
+    .fetch_one(pool)
+    .await?
+    .try_get(0)?;
+    Ok(fresh)
 }
 
 /// Marks the order's payment refunded (if it was authorized) and replies.
