@@ -65,6 +65,25 @@ pub enum HandleError {
 
 pub type HandleResult = Result<Handled, HandleError>;
 
+/// The actor registered under `name`, or a new one linked to `supervisor` (started with
+/// `args()` only when needed). A concurrent start of the same name, or one still stopping,
+/// resolves by looking again.
+pub async fn find_or_spawn<A: Actor>(
+    name: String,
+    actor: A,
+    args: impl FnOnce() -> A::Arguments,
+    supervisor: ractor::ActorCell,
+) -> Result<ActorRef<A::Msg>, HandleError> {
+    if let Some(found) = ActorRef::<A::Msg>::where_is(name.clone()) {
+        return Ok(found);
+    }
+    match Actor::spawn_linked(Some(name.clone()), actor, args(), supervisor).await {
+        Ok((started, _)) => Ok(started),
+        Err(e) => ActorRef::<A::Msg>::where_is(name.clone())
+            .ok_or_else(|| HandleError::Transient(format!("cannot start {name}: {e}"))),
+    }
+}
+
 /// Finds (or starts) the actor that owns a record's key and hands it the record. The returned
 /// receiver completes when the effect is durable.
 #[async_trait]

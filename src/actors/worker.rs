@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::actors::bridge::{HandleError, HandleResult, Record, Router};
+use crate::actors::bridge::{HandleError, HandleResult, Record, Router, find_or_spawn};
 use crate::domain::envelope::Envelope;
 
 /// What a service does with one message. Business outcomes (a rejection, a decline) are
@@ -70,22 +70,13 @@ impl WorkerRouter {
     }
 
     async fn worker(&self, index: usize) -> Result<ActorRef<Work>, HandleError> {
-        let name = format!("{}/{}-worker/{index}", self.instance, self.service);
-        if let Some(w) = ActorRef::<Work>::where_is(name.clone()) {
-            return Ok(w);
-        }
-        match Actor::spawn_linked(
-            Some(name.clone()),
+        find_or_spawn(
+            format!("{}/{}-worker/{index}", self.instance, self.service),
             KeyedWorker,
-            self.handler.clone(),
+            || self.handler.clone(),
             self.supervisor.clone(),
         )
         .await
-        {
-            Ok((w, _)) => Ok(w),
-            Err(e) => ActorRef::<Work>::where_is(name)
-                .ok_or_else(|| HandleError::Transient(format!("cannot start worker: {e}"))),
-        }
     }
 }
 

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ractor::{Actor, ActorCell, ActorRef};
+use ractor::{ActorCell, ActorRef};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::saga::{OrderSaga, SagaArgs, SagaMsg};
-use crate::actors::bridge::{HandleError, HandleResult, Record, Router};
+use crate::actors::bridge::{HandleError, HandleResult, Record, Router, find_or_spawn};
 use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::config::{Config, SagaConfig};
 use crate::domain::envelope::{Envelope, topics};
@@ -64,24 +64,19 @@ impl SagaRouter {
     }
 
     async fn saga(&self, order_id: Uuid) -> Result<ActorRef<SagaMsg>, HandleError> {
-        let name = Self::saga_name(&self.instance, order_id);
-        if let Some(saga) = ActorRef::<SagaMsg>::where_is(name.clone()) {
-            return Ok(saga);
-        }
-        let args = SagaArgs {
+        let args = || SagaArgs {
             order_id,
             pool: self.pool.clone(),
             config: self.config.clone(),
             wakers: self.wakers.clone(),
         };
-        match Actor::spawn_linked(Some(name.clone()), OrderSaga, args, self.supervisor.clone())
-            .await
-        {
-            Ok((saga, _)) => Ok(saga),
-            // Registered between the lookup and the spawn, or still stopping: look again.
-            Err(e) => ActorRef::<SagaMsg>::where_is(name)
-                .ok_or_else(|| HandleError::Transient(format!("cannot start saga: {e}"))),
-        }
+        find_or_spawn(
+            Self::saga_name(&self.instance, order_id),
+            OrderSaga,
+            args,
+            self.supervisor.clone(),
+        )
+        .await
     }
 }
 

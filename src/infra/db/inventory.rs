@@ -394,6 +394,33 @@ fn reply_parts<P: Payload>(
     )
 }
 
+/// Runs one "claim the inbox, change, reply" statement whose parameters are: $1 consumer,
+/// $2 message id, $3 order id, $4-$8 the reply's id, topic, type, payload and headers. It must
+/// return `fresh` (the message was new) and `changed`. `None` for a duplicate.
+async fn claim_change_reply<P: Payload>(
+    pool: &PgPool,
+    ctx: &CommandContext<'_>,
+    reply: &P,
+    sql: &'static str,
+) -> Result<Option<bool>, DbError> {
+    let (id, kind, payload, headers) = reply_parts(ctx, reply);
+    let row = sqlx::query(sql)
+        .bind(ctx.consumer)
+        .bind(ctx.message_id)
+        .bind(ctx.order_id.as_uuid())
+        .bind(id)
+        .bind(topics::INVENTORY_EVENTS)
+        .bind(kind)
+        .bind(payload)
+        .bind(headers)
+        .fetch_one(pool)
+        .await?;
+    if !row.try_get::<bool, _>("fresh")? {
+        return Ok(None);
+    }
+    Ok(Some(row.try_get("changed")?))
+}
+
 /// Gives back a reserved order's stock and replies `StockReleased` (also when nothing was
 /// reserved, so compensation always completes). One statement: inbox, release, reply.
 pub async fn release(
@@ -401,13 +428,13 @@ pub async fn release(
     ctx: &CommandContext<'_>,
     reason: &str,
 ) -> Result<CommandOutcome, DbError> {
-    let (id, kind, payload, headers) = reply_parts(
+    let reply = StockReleased {
+        reason: reason.to_owned(),
+    };
+    let changed = claim_change_reply(
+        pool,
         ctx,
-        &StockReleased {
-            reason: reason.to_owned(),
-        },
-    );
-    let row = sqlx::query(
+        &reply,
         "WITH claim AS (
              INSERT INTO inventory.inbox (consumer, message_id) VALUES ($1, $2)
              ON CONFLICT DO NOTHING RETURNING 1
@@ -425,21 +452,10 @@ pub async fn release(
          )
          SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed",
     )
-    .bind(ctx.consumer)
-    .bind(ctx.message_id)
-    .bind(ctx.order_id.as_uuid())
-    .bind(id)
-    .bind(topics::INVENTORY_EVENTS)
-    .bind(kind)
-    .bind(payload)
-    .bind(headers)
-    .fetch_one(pool)
     .await?;
-    if !row.try_get::<bool, _>("fresh")? {
-        return Ok(CommandOutcome::Duplicate);
-    }
-    Ok(CommandOutcome::Released {
-        released: row.try_get("changed")?,
+    Ok(match changed {
+        None => CommandOutcome::Duplicate,
+        Some(released) => CommandOutcome::Released { released },
     })
 }
 
@@ -468,8 +484,7 @@ async fn release_in(tx: &mut Transaction<'_, Postgres>, order: Uuid) -> Result<b
 /// Turns a reservation into a sale: stock leaves `on_hand` and `reserved` together. One
 /// statement: inbox, commit, reply.
 pub async fn commit(pool: &PgPool, ctx: &CommandContext<'_>) -> Result<CommandOutcome, DbError> {
-    let (id, kind, payload, headers) = reply_parts(ctx, &StockCommitted {});
-    let row = sqlx::query(
+    let changed = claim_change_reply(pool, ctx, &StockCommitted {},
         "WITH claim AS (
              INSERT INTO inventory.inbox (consumer, message_id) VALUES ($1, $2)
              ON CONFLICT DO NOTHING RETURNING 1
@@ -489,21 +504,10 @@ pub async fn commit(pool: &PgPool, ctx: &CommandContext<'_>) -> Result<CommandOu
          )
          SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed",
     )
-    .bind(ctx.consumer)
-    .bind(ctx.message_id)
-    .bind(ctx.order_id.as_uuid())
-    .bind(id)
-    .bind(topics::INVENTORY_EVENTS)
-    .bind(kind)
-    .bind(payload)
-    .bind(headers)
-    .fetch_one(pool)
     .await?;
-    if !row.try_get::<bool, _>("fresh")? {
-        return Ok(CommandOutcome::Duplicate);
-    }
-    Ok(CommandOutcome::Committed {
-        committed: row.try_get("changed")?,
+    Ok(match changed {
+        None => CommandOutcome::Duplicate,
+        Some(committed) => CommandOutcome::Committed { committed },
     })
 }
 
