@@ -135,6 +135,10 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         }
     });
 
+    // Measure a running system: one order through the whole saga before the clock starts
+    // (consumer groups joined, connections open, topics warm).
+    warm_up(&http, &base, &mut terminal_rx).await?;
+
     // Open model: one request per tick, each in its own task.
     let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let post_hist = Arc::new(Mutex::new(new_hist()));
@@ -245,6 +249,35 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         std::fs::write(path, json).map_err(setup)?;
     }
     Ok(report)
+}
+
+/// Places one order and waits for its terminal event.
+async fn warm_up(
+    http: &reqwest::Client,
+    base: &str,
+    terminal: &mut mpsc::UnboundedReceiver<(String, bool, Instant)>,
+) -> Result<(), LoadError> {
+    let resp = http
+        .post(format!("{base}/v1/orders"))
+        .json(&json!({"customer_id": "load-warm-up", "currency": "EUR",
+                      "lines": [{"sku": "LOAD-0000", "quantity": 1}]}))
+        .send()
+        .await
+        .map_err(setup)?;
+    let v: serde_json::Value = resp.json().await.map_err(setup)?;
+    let id = v["order_id"]
+        .as_str()
+        .ok_or_else(|| setup(format!("warm-up order refused: {v}")))?
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, terminal.recv()).await {
+            Ok(Some((done, _, _))) if done == id => return Ok(()),
+            Ok(Some(_)) => {}
+            _ => return Err(setup("the warm-up order did not finish within 120 s")),
+        }
+    }
 }
 
 fn new_hist() -> Histogram<u64> {

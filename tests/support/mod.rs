@@ -111,8 +111,10 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    /// Drops the test database (call at the end of a passing test).
+    /// Drops the test database and deletes the test's topics (call at the end of a passing
+    /// test), so that warm reruns do not pile thousands of partitions onto the broker.
     pub async fn cleanup(self) {
+        self.delete_topics().await;
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&admin_url(&self.config)).await {
             let _ = sqlx::query(AssertSqlSafe(format!(
@@ -121,6 +123,34 @@ impl TestEnv {
             )))
             .execute(&admin)
             .await;
+        }
+    }
+}
+
+impl TestEnv {
+    async fn delete_topics(&self) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+            .set("bootstrap.servers", &self.config.kafka.brokers)
+            .create()
+        {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let prefix = self.config.kafka.topic_prefix.clone();
+        let names: Vec<String> = match admin.inner().fetch_metadata(None, Duration::from_secs(5)) {
+            Ok(m) => m
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect(),
+            Err(_) => return,
+        };
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        if !refs.is_empty() {
+            let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
         }
     }
 }
