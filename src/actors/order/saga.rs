@@ -53,6 +53,10 @@ pub struct SagaActorState {
     /// `None` until loaded (lazily, so that spawning never waits on I/O) or after a failed
     /// write whose outcome is unknown.
     loaded: Option<(SagaState, Option<i32>)>,
+    /// Until a write conflicts, an `OrderPlaced` is assumed to meet a saga not yet stored: it
+    /// is its first message, so the lookup is skipped (the write's conflict check catches the
+    /// rare redelivery after a restart, and the retry then loads).
+    assume_new: bool,
     last_activity: Instant,
 }
 
@@ -76,6 +80,7 @@ impl Actor for OrderSaga {
         Ok(SagaActorState {
             args,
             loaded: None,
+            assume_new: true,
             last_activity: Instant::now(),
         })
     }
@@ -234,6 +239,9 @@ impl SagaActorState {
     }
 
     async fn handle(&mut self, envelope: &Envelope, traceparent: Option<String>) -> HandleResult {
+        if self.assume_new && self.loaded.is_none() && envelope.is::<OrderPlaced>() {
+            self.loaded = Some((SagaState::new(), None));
+        }
         let (state, version) = self.load().await?;
         let event = match meaning(envelope, version)? {
             Meaning::Event(e) => e,
@@ -288,9 +296,15 @@ impl SagaActorState {
                 );
                 Ok(Handled::Applied)
             }
-            Ok(StepOutcome::Duplicate) => Ok(Handled::Duplicate),
+            Ok(StepOutcome::Duplicate) => {
+                // The state this was computed from may have been assumed: read it next time.
+                self.loaded = None;
+                self.assume_new = false;
+                Ok(Handled::Duplicate)
+            }
             Ok(StepOutcome::Conflict) => {
                 self.loaded = None;
+                self.assume_new = false;
                 Err(HandleError::Transient(
                     "saga state changed underneath; reloading".into(),
                 ))

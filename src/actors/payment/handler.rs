@@ -1,6 +1,7 @@
 //! Handles the payment commands. The provider call cannot share the database transaction, so
-//! the order's idempotency key makes it safe to repeat: a command redelivered after a crash
-//! calls the provider again with the same key, gets the same answer, and is charged once.
+//! the order's idempotency key makes it safe to repeat: a command redelivered (after a crash,
+//! or a duplicate) calls the provider again with the same key, gets the same answer, is
+//! charged once, and the inbox claim at commit makes the second record a no-op.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,12 +155,6 @@ impl PaymentHandler {
 #[async_trait]
 impl CommandHandler for PaymentHandler {
     async fn handle(&self, envelope: Envelope, traceparent: Option<String>) -> HandleResult {
-        let already = repo::handled(&self.pool, CONSUMER, envelope.id)
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
-        if already {
-            return Ok(Handled::Duplicate);
-        }
         let h = Handling {
             consumer: CONSUMER,
             message_id: envelope.id,

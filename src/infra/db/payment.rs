@@ -51,19 +51,6 @@ pub async fn get_payment(pool: &PgPool, order_id: Uuid) -> Result<Option<Payment
     .map_err(DbError::Sqlx)
 }
 
-/// Whether `consumer` already handled `message_id` (a cheap check before calling the
-/// provider; the inbox insert at commit is what decides).
-pub async fn handled(pool: &PgPool, consumer: &str, message_id: Uuid) -> Result<bool, DbError> {
-    Ok(
-        sqlx::query("SELECT 1 FROM payment.inbox WHERE consumer = $1 AND message_id = $2")
-            .bind(consumer)
-            .bind(message_id)
-            .fetch_optional(pool)
-            .await?
-            .is_some(),
-    )
-}
-
 /// A payment decision to store.
 pub struct NewPayment<'a> {
     pub order_id: OrderId,
