@@ -73,13 +73,7 @@ async fn assert_nothing_lost(
 }
 
 async fn stock(url: &str, sku: &str, on_hand: i64) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/products"))
-        .json(&serde_json::json!({"sku": sku, "name": sku, "unit_price_minor": 500, "currency": "EUR", "on_hand": on_hand}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
+    support::create_product(url, sku, 500, on_hand).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,10 +105,7 @@ async fn poison_and_exhausted_records_are_dead_lettered_listed_and_replayed() {
     );
 
     // The partitions kept flowing: a normal order after the poison completes.
-    let resp = app.http.post(app.url("/v1/products"))
-        .json(&serde_json::json!({"sku": "OK", "name": "ok", "unit_price_minor": 1, "currency": "EUR", "on_hand": 5}))
-        .send().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
+    support::create_product(&app.base, "OK", 1, 5).await;
     let placed = app
         .place_order(&support::order_body("c", &[("OK", 1)]))
         .await;

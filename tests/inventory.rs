@@ -20,17 +20,7 @@ use support::{Seen, TestApp, TestEnv, eventually, publish, publish_all, read_top
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn create(app: &TestApp, sku: &str, price: i64, on_hand: i64) {
-    let resp = app
-        .http
-        .post(app.url("/v1/products"))
-        .json(
-            &json!({"sku": sku, "name": format!("Product {sku}"), "unit_price_minor": price,
-                      "currency": "EUR", "on_hand": on_hand}),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201, "create {sku}");
+    support::create_product(&app.base, sku, price, on_hand).await;
 }
 
 async fn product(app: &TestApp, sku: &str) -> Value {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use orderflow::actors::Service;
-use serde_json::json;
 use support::{TestEnv, eventually, order_body};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,14 +22,7 @@ async fn a_thousand_orders_for_a_hundred_units_confirm_exactly_a_hundred() {
             Service::Payment,
         ])
         .await;
-    let resp = app
-        .http
-        .post(app.url("/v1/products"))
-        .json(&json!({"sku": "HOT", "name": "Hot item", "unit_price_minor": 1_000, "currency": "EUR", "on_hand": 100}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
+    support::create_product(&app.base, "HOT", 1_000, 100).await;
 
     let statuses: Vec<u16> = futures::stream::iter(0..1_000)
         .map(|i| {

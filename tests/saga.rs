@@ -28,10 +28,7 @@ async fn env_with_short_timeouts() -> TestEnv {
 }
 
 async fn stock(app: &TestApp, sku: &str, price: i64, on_hand: i64) {
-    let resp = app.http.post(app.url("/v1/products"))
-        .json(&json!({"sku": sku, "name": sku, "unit_price_minor": price, "currency": "EUR", "on_hand": on_hand}))
-        .send().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
+    support::create_product(&app.base, sku, price, on_hand).await;
 }
 
 async fn order(app: &TestApp, lines: &[(&str, u32)], card: &str) -> String {

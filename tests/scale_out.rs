@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::{ChildProcess, TestEnv, eventually, order_body};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -19,13 +19,7 @@ async fn two_processes_share_the_orders_and_one_stopping_hands_its_sagas_over() 
     let a = ChildProcess::start(&env, "all", &slow).await;
     let b = ChildProcess::start(&env, "all", &slow).await;
     let http = reqwest::Client::new();
-    let resp = http
-        .post(a.url("/v1/products"))
-        .json(&json!({"sku": "SHARED", "name": "Shared", "unit_price_minor": 100, "currency": "EUR", "on_hand": 1_000}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
+    support::create_product(&a.base, "SHARED", 100, 1_000).await;
 
     let mut ids = Vec::new();
     for i in 0..60 {

@@ -113,14 +113,7 @@ async fn backpressure_pauses_partitions_and_loses_nothing() {
             Service::Payment,
         ])
         .await;
-    let resp = app
-        .http
-        .post(app.url("/v1/products"))
-        .json(&serde_json::json!({"sku": "BP", "name": "bp", "unit_price_minor": 10, "currency": "EUR", "on_hand": 1_000}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
+    support::create_product(&app.base, "BP", 10, 1_000).await;
     for i in 0..40 {
         let resp = app
             .place_order(&order_body(&format!("bp{i}"), &[("BP", 1)]))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use orderflow::actors::Service;
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::{TestApp, TestEnv, order_body};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -49,10 +49,7 @@ async fn the_stream_follows_an_order_handled_by_another_process() {
     let workers = env
         .spawn(&[Service::Order, Service::Inventory, Service::Payment])
         .await;
-    let resp = edge.http.post(edge.url("/v1/products"))
-        .json(&json!({"sku": "WS", "name": "ws", "unit_price_minor": 250, "currency": "EUR", "on_hand": 5}))
-        .send().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
+    support::create_product(&edge.base, "WS", 250, 5).await;
     let resp = edge
         .place_order(&order_body("ws-client", &[("WS", 2)]))
         .await;

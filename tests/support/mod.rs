@@ -439,3 +439,17 @@ pub async fn publish_all(config: &Config, logical_topic: &str, envelopes: &[Enve
         }
     }
 }
+
+/// Creates a EUR product through the catalogue API of the process at `base` and expects `201`.
+pub async fn create_product(base: &str, sku: &str, unit_price_minor: i64, on_hand: i64) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/products"))
+        .json(
+            &serde_json::json!({"sku": sku, "name": format!("Product {sku}"),
+            "unit_price_minor": unit_price_minor, "currency": "EUR", "on_hand": on_hand}),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/products: {e}"));
+    assert_eq!(resp.status().as_u16(), 201, "create product {sku}");
+}
