@@ -65,11 +65,14 @@ async fn assert_nothing_lost(
     .await;
     assert_eq!(report.orders, committed.len() as i64);
     assert_eq!(report.confirmed + report.cancelled, report.orders);
-    assert_eq!(
-        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
-            .await,
-        0
-    );
+    // The sagas' last outbox rows (their announcements) are published shortly after.
+    eventually(WAIT, "every outbox row is published", || async {
+        (env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
 }
 
 async fn stock(url: &str, sku: &str, on_hand: i64) {

@@ -86,11 +86,14 @@ async fn placed_order_is_stored_published_and_recorded_by_its_saga() {
         (env.count("SELECT count(*) FROM orders.saga_journal").await == 1).then_some(())
     })
     .await;
-    assert_eq!(
-        env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
-            .await,
-        0
-    );
+    // The saga's own command (ReserveStock) is relayed right after its commit.
+    eventually(WAIT, "every outbox row is published", || async {
+        (env.count("SELECT count(*) FROM orders.outbox WHERE published_at IS NULL")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
 
     app.app.shutdown().await;
     env.cleanup().await;

@@ -73,7 +73,9 @@ impl Actor for StatusHub {
         myself: ActorRef<Self::Msg>,
         config: Arc<Config>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let consumer = events_consumer(&config)?;
+        // Metadata lookups block: keep them off the async workers.
+        let cfg = config.clone();
+        let consumer = tokio::task::spawn_blocking(move || events_consumer(&cfg)).await??;
         let consume = tokio::spawn(async move {
             loop {
                 match consumer.recv().await {

@@ -16,7 +16,7 @@ use super::inventory::expiry::{ExpirySweeper, SweeperArgs};
 use super::order::timers::{SagaTimers, TimerArgs};
 use super::outbox::{OutboxRelay, RelayArgs, RelayMsg};
 use super::service::{ServiceMsg, ServiceSupervisor};
-use super::supervision::{Decision, RestartPolicy};
+use super::supervision::{Decision, Ended, RestartPolicy, ended};
 use crate::config::Config;
 use crate::infra::db::messaging::Schema;
 use crate::infra::outbox::{OutboxTable, OutboxWakers};
@@ -135,12 +135,8 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some(Ended { cell, reason, .. }) = ended(event) else {
+            return Ok(());
         };
         let Some(child) = state
             .children

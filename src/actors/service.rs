@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::actors::bridge::{BridgeArgs, BridgeMsg, PartitionBridge, Record, Router};
+use crate::actors::supervision::{Ended, ended};
 use crate::config::Config;
 use crate::infra::kafka::{self, BridgeConsumer, RebalanceEvent};
 use crate::metrics as m;
@@ -150,14 +151,13 @@ impl Actor for ServiceSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason, abnormal) = match event {
-            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string(), true),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let reason = reason.unwrap_or_else(|| "stopped".into());
-                let killed = reason == "killed";
-                (cell, reason, killed)
-            }
-            _ => return Ok(()),
+        let Some(Ended {
+            cell,
+            reason,
+            abnormal,
+        }) = ended(event)
+        else {
+            return Ok(());
         };
         // Bridges the service stopped itself (revoke, shutdown) are no longer in the map.
         let is_bridge = state.bridges.values().any(|b| b.get_id() == cell.get_id());

@@ -6,6 +6,34 @@ use std::time::{Duration, Instant};
 
 use crate::config::SupervisionConfig;
 
+/// A child that ended, as a supervisor sees it.
+pub struct Ended {
+    pub cell: ractor::ActorCell,
+    pub reason: String,
+    /// Failed, or killed: not a stop the child or its supervisor asked for.
+    pub abnormal: bool,
+}
+
+/// The child an `ActorFailed`/`ActorTerminated` event is about; `None` for other events.
+pub fn ended(event: ractor::SupervisionEvent) -> Option<Ended> {
+    match event {
+        ractor::SupervisionEvent::ActorFailed(cell, e) => Some(Ended {
+            cell,
+            reason: e.to_string(),
+            abnormal: true,
+        }),
+        ractor::SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            let reason = reason.unwrap_or_else(|| "stopped".into());
+            Some(Ended {
+                abnormal: reason == "killed",
+                cell,
+                reason,
+            })
+        }
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RestartPolicy {
     max_restarts: u32,
