@@ -26,6 +26,8 @@ pub enum KafkaAdapterError {
     },
     #[error("kafka metadata probe failed: {0}")]
     Probe(String),
+    #[error("topic {topic} has partitions without a leader after {waited:?}")]
+    NoLeader { topic: String, waited: Duration },
 }
 
 fn base_config(config: &KafkaConfig) -> ClientConfig {
@@ -138,7 +140,50 @@ pub async fn ensure_topics(config: &Config, logical: &[&str]) -> Result<(), Kafk
             Err((topic, code)) => return Err(KafkaAdapterError::CreateTopic { topic, code }),
         }
     }
-    Ok(())
+    wait_for_leaders(admin, names, config.kafka.partitions).await
+}
+
+/// Waits until every partition of `topics` has a leader: a topic that was just created
+/// answers `NotLeaderForPartition` to producers and watermark queries for a moment.
+async fn wait_for_leaders(
+    admin: AdminClient<DefaultClientContext>,
+    topics: Vec<String>,
+    partitions: i32,
+) -> Result<(), KafkaAdapterError> {
+    const LIMIT: Duration = Duration::from_secs(30);
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        for topic in topics {
+            loop {
+                let ready = admin
+                    .inner()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .map(|m| {
+                        m.topics().iter().any(|t| {
+                            t.error().is_none()
+                                && t.partitions().len() >= partitions as usize
+                                && t.partitions()
+                                    .iter()
+                                    .all(|p| p.error().is_none() && p.leader() >= 0)
+                        })
+                    })
+                    .unwrap_or(false);
+                if ready {
+                    break;
+                }
+                if started.elapsed() > LIMIT {
+                    return Err(KafkaAdapterError::NoLeader {
+                        topic,
+                        waited: LIMIT,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| KafkaAdapterError::Probe(e.to_string()))?
 }
 
 /// Asks the cluster for metadata (readiness): proves a broker answers.

@@ -289,10 +289,20 @@ pub fn topic_size(config: &Config, logical_topic: &str) -> i64 {
         .unwrap_or_else(|e| panic!("test consumer: {e}"));
     (0..config.kafka.partitions)
         .map(|p| {
-            consumer
-                .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                .map(|(low, high)| high - low)
-                .unwrap_or_else(|e| panic!("watermarks of {topic}[{p}]: {e}"))
+            // A leader election (a fresh topic, a restarted broker) answers with a retriable
+            // error for a moment: ask again for a while before failing the test.
+            let mut attempts = 0;
+            loop {
+                match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
+                    Ok((low, high)) => break high - low,
+                    Err(e) if attempts < 50 => {
+                        attempts += 1;
+                        eprintln!("watermarks of {topic}[{p}]: {e}; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("watermarks of {topic}[{p}]: {e}"),
+                }
+            }
         })
         .sum()
 }
