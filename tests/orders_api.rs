@@ -157,6 +157,16 @@ async fn malformed_order_requests_get_problem_json_and_store_and_publish_nothing
         }
         let resp = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(resp.status().as_u16(), status, "{what}");
+        if status == 413 {
+            // The body was refused unread: the client must not reuse the connection.
+            assert_eq!(
+                resp.headers()
+                    .get("connection")
+                    .and_then(|v| v.to_str().ok()),
+                Some("close"),
+                "{what}"
+            );
+        }
         assert_eq!(
             resp.headers()
                 .get("content-type")

@@ -222,7 +222,16 @@ pub async fn recover(
     {
         metrics::counter!(crate::metrics::ORDERS_REJECTED, "code" => error.code()).increment(1);
     }
-    Ok(reply(&error))
+    let mut resp = reply(&error);
+    if let ApiError::BodyTooLarge(_) | ApiError::LengthRequired = &error {
+        // The body was refused unread, so the connection cannot carry another request: say
+        // so, or a client may reuse it and see its next request fail.
+        resp.headers_mut().insert(
+            warp::http::header::CONNECTION,
+            warp::http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(resp)
 }
 
 /// `GET /problems/{code}`: the documentation behind each problem `type`.
