@@ -16,6 +16,7 @@ use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::api::{self, ApiContext};
 use crate::config::Config;
 use crate::domain::envelope::topics;
+use crate::infra::db::writer::{WriterConfig, Writers};
 use crate::infra::outbox::OutboxWakers;
 use crate::infra::payment_provider::{LocalCardNetwork, LocalNetworkRules, PaymentProvider};
 use crate::infra::{db, kafka, redis, s3};
@@ -74,7 +75,14 @@ impl App {
             // Not fatal: documents are stored later and readiness reports S3.
             tracing::warn!(error = %e, bucket = %config.s3.bucket, "bucket not ready");
         }
-        let wakers = OutboxWakers::default();
+        let writers = Writers::start(
+            &pool,
+            OutboxWakers::default(),
+            WriterConfig {
+                writers: config.database.writers,
+                batch_max: config.database.batch_max,
+            },
+        );
         let payment_provider: Arc<dyn PaymentProvider> = Arc::new(LocalCardNetwork::new(
             pool.clone(),
             LocalNetworkRules {
@@ -93,7 +101,7 @@ impl App {
                 services: services.to_vec(),
                 pool: pool.clone(),
                 producer: producer.clone(),
-                wakers: wakers.clone(),
+                writers: writers.clone(),
                 payment_provider,
                 instance: instance.clone(),
             },
@@ -110,7 +118,7 @@ impl App {
             producer: producer.clone(),
             redis,
             s3,
-            wakers,
+            writers,
             metrics,
             serve_v1: services.contains(&Service::Api),
             instance: instance.clone(),

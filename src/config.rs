@@ -128,6 +128,10 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     /// Apply pending migrations when the process starts (`orderflow migrate` does it alone).
     pub migrate_on_start: bool,
+    /// Group-commit writer tasks per schema (inventory always has one per process).
+    pub writers: usize,
+    /// The most handler writes committed in one transaction.
+    pub batch_max: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -280,6 +284,8 @@ impl Default for DatabaseConfig {
             max_connections: 32,
             acquire_timeout_ms: 5_000,
             migrate_on_start: true,
+            writers: 2,
+            batch_max: 128,
         }
     }
 }
@@ -466,6 +472,8 @@ impl Config {
             "ORDERFLOW_DATABASE_MIGRATE_ON_START",
             &mut self.database.migrate_on_start,
         )?;
+        env.parse("ORDERFLOW_DATABASE_WRITERS", &mut self.database.writers)?;
+        env.parse("ORDERFLOW_DATABASE_BATCH_MAX", &mut self.database.batch_max)?;
         env.string("ORDERFLOW_KAFKA_BROKERS", &mut self.kafka.brokers);
         env.string("ORDERFLOW_KAFKA_TOPIC_PREFIX", &mut self.kafka.topic_prefix);
         env.string("ORDERFLOW_KAFKA_GROUP_PREFIX", &mut self.kafka.group_prefix);
@@ -555,6 +563,10 @@ impl Config {
         }
         if self.database.max_connections < 2 {
             return bad("database.max_connections must be at least 2");
+        }
+        if !(1..=16).contains(&self.database.writers) || !(1..=10_000).contains(&self.database.batch_max)
+        {
+            return bad("database.writers must be 1 to 16 and database.batch_max 1 to 10000");
         }
         if self.kafka.brokers.trim().is_empty() {
             return bad("kafka.brokers must not be empty");

@@ -19,6 +19,9 @@ pub const BRIDGE_IN_FLIGHT: &str = "orderflow_bridge_in_flight";
 pub const SAGA_EVENTS: &str = "orderflow_saga_events_total";
 pub const SAGA_ACTIVE: &str = "orderflow_saga_actors_active";
 pub const ACTOR_RESTARTS: &str = "orderflow_actor_restarts_total";
+pub const WRITER_BATCH_JOBS: &str = "orderflow_writer_batch_jobs";
+pub const WRITER_BATCH_SECONDS: &str = "orderflow_writer_batch_seconds";
+pub const WRITER_SPLITS: &str = "orderflow_writer_batch_splits_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -30,6 +33,12 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets(&[
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(WRITER_BATCH_JOBS.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
                 .map(PrometheusBuilder::build_recorder);
             let recorder = match recorder {
                 Ok(r) => r,
@@ -50,6 +59,18 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");
     describe_histogram!(HTTP_DURATION, "HTTP request latency by route");
     describe_counter!(ORDERS_ACCEPTED, "Orders committed by the API");
+    describe_histogram!(
+        WRITER_BATCH_JOBS,
+        "Jobs committed together in one writer transaction, by schema"
+    );
+    describe_histogram!(
+        WRITER_BATCH_SECONDS,
+        "Time to run and commit one writer batch, by schema"
+    );
+    describe_counter!(
+        WRITER_SPLITS,
+        "Writer batches rolled back because one job failed, then run job by job"
+    );
     describe_counter!(ORDERS_REJECTED, "Order requests rejected, by error code");
     describe_counter!(
         OUTBOX_PUBLISHED,

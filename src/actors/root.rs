@@ -19,7 +19,8 @@ use super::service::{ServiceMsg, ServiceSupervisor};
 use super::supervision::{Decision, Ended, RestartPolicy, ended};
 use crate::config::Config;
 use crate::infra::db::messaging::Schema;
-use crate::infra::outbox::{OutboxTable, OutboxWakers};
+use crate::infra::db::writer::Writers;
+use crate::infra::outbox::OutboxTable;
 use crate::infra::payment_provider::PaymentProvider;
 use crate::metrics as m;
 
@@ -74,7 +75,7 @@ pub struct RootArgs {
     pub services: Vec<Service>,
     pub pool: PgPool,
     pub producer: FutureProducer,
-    pub wakers: OutboxWakers,
+    pub writers: Writers,
     pub payment_provider: Arc<dyn PaymentProvider>,
     pub instance: String,
 }
@@ -218,7 +219,7 @@ impl RootState {
                         topic_prefix: a.config.kafka.topic_prefix.clone(),
                     },
                     config: a.config.outbox.clone(),
-                    wake: a.wakers.get(schema),
+                    wake: a.writers.wakers().get(schema),
                     publish_timeout: Duration::from_millis(a.config.kafka.request_timeout_ms),
                 };
                 Actor::spawn_linked(Some(name), OutboxRelay, args, supervisor)
@@ -232,14 +233,13 @@ impl RootState {
                         a.config.clone(),
                         a.producer.clone(),
                         a.pool.clone(),
-                        a.wakers.clone(),
+                        a.writers.clone(),
                         a.instance.clone(),
                     ),
                     Service::Inventory => super::inventory::service(
                         a.config.clone(),
                         a.producer.clone(),
-                        a.pool.clone(),
-                        a.wakers.clone(),
+                        a.writers.clone(),
                         a.instance.clone(),
                     ),
                     Service::Payment => super::payment::service(
@@ -247,7 +247,7 @@ impl RootState {
                         a.producer.clone(),
                         a.pool.clone(),
                         a.payment_provider.clone(),
-                        a.wakers.clone(),
+                        a.writers.clone(),
                         a.instance.clone(),
                     ),
                     Service::Api => return Ok(()),
@@ -267,7 +267,7 @@ impl RootState {
                 let args = TimerArgs {
                     pool: a.pool.clone(),
                     interval: Duration::from_millis(a.config.saga.timer_interval_ms),
-                    wakers: a.wakers.clone(),
+                    writers: a.writers.clone(),
                 };
                 Actor::spawn_linked(Some(name), SagaTimers, args, supervisor)
                     .await?
@@ -278,7 +278,7 @@ impl RootState {
                 let args = SweeperArgs {
                     pool: a.pool.clone(),
                     interval: Duration::from_millis(a.config.inventory.expiry_interval_ms),
-                    wakers: a.wakers.clone(),
+                    writers: a.writers.clone(),
                 };
                 Actor::spawn_linked(Some(name), ExpirySweeper, args, supervisor)
                     .await?

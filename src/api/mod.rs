@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use warp::Filter;
 
 use crate::config::Config;
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 use crate::infra::redis::RedisPool;
 
 /// What request handlers share. Cheap to clone (everything inside is a handle).
@@ -30,7 +30,7 @@ pub struct ApiContext {
     pub producer: FutureProducer,
     pub redis: RedisPool,
     pub s3: aws_sdk_s3::Client,
-    pub wakers: OutboxWakers,
+    pub writers: Writers,
     pub metrics: PrometheusHandle,
     /// Serve `/v1` (the `api` service); health and metrics are always served.
     pub serve_v1: bool,

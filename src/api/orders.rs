@@ -97,7 +97,7 @@ async fn place_order(
     };
     let envelope = Envelope::new(id, &placed, now);
     let record = repo::insert_order(
-        &ctx.pool,
+        ctx.writers.get(Schema::Orders),
         id,
         &order,
         now,
@@ -110,7 +110,6 @@ async fn place_order(
     )
     .await
     .map_err(unavailable)?;
-    ctx.wakers.wake(Schema::Orders);
     metrics::counter!(crate::metrics::ORDERS_ACCEPTED).increment(1);
     tracing::debug!(order_id = %id, trace_id = %trace.trace_id_hex(), lines = order.lines.len(), "order accepted");
     let location = format!("/v1/orders/{id}");
@@ -152,7 +151,7 @@ async fn cancel_order(
     .await
     {
         Ok(status) => {
-            ctx.wakers.wake(Schema::Orders);
+            ctx.writers.wakers().wake(Schema::Orders);
             tracing::info!(order_id = %uuid, "cancel requested");
             let body =
                 serde_json::json!({"order_id": uuid, "status": status, "cancel": "requested"});

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use crate::infra::db::inventory as repo;
 use crate::infra::db::messaging::Schema;
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 
 pub enum SweepMsg {
     Sweep,
@@ -19,7 +19,7 @@ pub struct SweeperArgs {
     pub pool: PgPool,
     pub interval: Duration,
     /// Woken after each sweep that released something (its replies are in the outbox).
-    pub wakers: OutboxWakers,
+    pub writers: Writers,
 }
 
 pub struct ExpirySweeper;
@@ -48,7 +48,7 @@ impl Actor for ExpirySweeper {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(released = n, "expired reservations released");
-                state.wakers.wake(Schema::Inventory);
+                state.writers.wakers().wake(Schema::Inventory);
             }
             Err(e) => tracing::warn!(error = %e, "reservation sweep failed; retrying next tick"),
         }

@@ -7,24 +7,22 @@ pub mod handler;
 use std::sync::Arc;
 
 use ractor::ActorCell;
-use sqlx::PgPool;
 
 use crate::actors::bridge::Router;
 use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::actors::worker::WorkerRouter;
 use crate::config::Config;
 use crate::domain::envelope::topics;
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 
 /// The inventory service: consumes `inventory.commands` with a pool of keyed workers.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
-    pool: PgPool,
-    wakers: OutboxWakers,
+    writers: Writers,
     instance: String,
 ) -> ServiceArgs {
-    let handler = Arc::new(handler::InventoryHandler::new(pool, &config, wakers));
+    let handler = Arc::new(handler::InventoryHandler::new(&config, writers));
     let workers = config.inventory.workers;
     let router_instance = instance.clone();
     let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {

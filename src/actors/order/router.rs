@@ -13,14 +13,14 @@ use crate::actors::bridge::{HandleError, HandleResult, Record, Router, find_or_s
 use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::config::{Config, SagaConfig};
 use crate::domain::envelope::{Envelope, topics};
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 
 /// The order service: consumes `order.events` and routes each to its order's saga.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
     pool: PgPool,
-    wakers: OutboxWakers,
+    writers: Writers,
     instance: String,
 ) -> ServiceArgs {
     let saga_config = Arc::new(config.saga.clone());
@@ -30,7 +30,7 @@ pub fn service(
             instance: saga_instance.clone(),
             pool: pool.clone(),
             config: saga_config.clone(),
-            wakers: wakers.clone(),
+            writers: writers.clone(),
             supervisor,
         }) as Arc<dyn Router>
     });
@@ -54,7 +54,7 @@ pub struct SagaRouter {
     instance: String,
     pool: PgPool,
     config: Arc<SagaConfig>,
-    wakers: OutboxWakers,
+    writers: Writers,
     supervisor: ActorCell,
 }
 
@@ -68,7 +68,7 @@ impl SagaRouter {
             order_id,
             pool: self.pool.clone(),
             config: self.config.clone(),
-            wakers: self.wakers.clone(),
+            writers: self.writers.clone(),
         };
         find_or_spawn(
             Self::saga_name(&self.instance, order_id),

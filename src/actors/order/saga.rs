@@ -26,7 +26,7 @@ use crate::domain::saga::{
 };
 use crate::infra::db::messaging::{OutboxMessage, Schema};
 use crate::infra::db::orders::{self as repo, SagaStep, StepOutcome};
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 use crate::metrics as m;
 
 /// The inbox consumer name of the order saga.
@@ -45,7 +45,7 @@ pub struct SagaArgs {
     pub order_id: Uuid,
     pub pool: PgPool,
     pub config: Arc<SagaConfig>,
-    pub wakers: OutboxWakers,
+    pub writers: Writers,
 }
 
 pub struct SagaActorState {
@@ -285,10 +285,9 @@ impl SagaActorState {
                 Outcome::Cancelled { reason } => (o.order_status(), Some(reason.as_str())),
             }),
         };
-        match repo::record_saga_step(&self.args.pool, &step).await {
+        match repo::record_saga_step(self.args.writers.get(Schema::Orders), &step).await {
             Ok(StepOutcome::Applied { version }) => {
                 self.loaded = Some((transition.state.clone(), Some(version)));
-                self.args.wakers.wake(Schema::Orders);
                 tracing::debug!(
                     order_id = %self.args.order_id, message = %envelope.kind,
                     from = state.status.as_str(), to = transition.state.status.as_str(),

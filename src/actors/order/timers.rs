@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::orders as repo;
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 
 pub enum TimerMsg {
     Sweep,
@@ -19,7 +19,7 @@ pub enum TimerMsg {
 pub struct TimerArgs {
     pub pool: PgPool,
     pub interval: Duration,
-    pub wakers: OutboxWakers,
+    pub writers: Writers,
 }
 
 pub struct SagaTimers;
@@ -48,7 +48,7 @@ impl Actor for SagaTimers {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(timeouts = n, "saga deadlines passed");
-                state.wakers.wake(Schema::Orders);
+                state.writers.wakers().wake(Schema::Orders);
             }
             Err(e) => tracing::warn!(error = %e, "saga timer sweep failed; retrying next tick"),
         }

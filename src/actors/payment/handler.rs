@@ -17,7 +17,7 @@ use crate::domain::envelope::{
 };
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::payment::{self as repo, Handling, NewPayment};
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 use crate::infra::payment_provider::{AuthorizeRequest, Decision, PaymentProvider};
 
 /// The inbox consumer name of the payment command handler.
@@ -27,7 +27,7 @@ pub struct PaymentHandler {
     pool: PgPool,
     provider: Arc<dyn PaymentProvider>,
     provider_timeout: Duration,
-    wakers: OutboxWakers,
+    writers: Writers,
 }
 
 impl PaymentHandler {
@@ -35,13 +35,13 @@ impl PaymentHandler {
         pool: PgPool,
         provider: Arc<dyn PaymentProvider>,
         config: &Config,
-        wakers: OutboxWakers,
+        writers: Writers,
     ) -> Self {
         Self {
             pool,
             provider,
             provider_timeout: Duration::from_millis(config.payment.provider_timeout_ms),
-            wakers,
+            writers,
         }
     }
 
@@ -88,7 +88,7 @@ impl PaymentHandler {
                     currency: cmd.currency,
                     provider_ref: reference.clone(),
                 };
-                repo::record_decision(&self.pool, h, &payment, &answer).await
+                repo::record_decision(self.writers.get(Schema::Payment), h, &payment, &answer).await
             }
             Decision::Declined { code } => {
                 let payment = NewPayment {
@@ -103,7 +103,7 @@ impl PaymentHandler {
                 let answer = PaymentDeclined {
                     reason: code.clone(),
                 };
-                repo::record_decision(&self.pool, h, &payment, &answer).await
+                repo::record_decision(self.writers.get(Schema::Payment), h, &payment, &answer).await
             }
         }
         .map_err(|e| transient(e.to_string()))?;
@@ -134,7 +134,7 @@ impl PaymentHandler {
             _ => 0,
         };
         let stored = repo::record_refund(
-            &self.pool,
+            self.writers.get(Schema::Payment),
             h,
             env.order_id,
             &PaymentRefunded {
@@ -161,7 +161,7 @@ impl CommandHandler for PaymentHandler {
             traceparent,
         };
         let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
-        let result = if envelope.is::<AuthorizePayment>() {
+        if envelope.is::<AuthorizePayment>() {
             let cmd = envelope.payload_as::<AuthorizePayment>().map_err(poison)?;
             self.authorize(&envelope, &h, cmd).await
         } else if envelope.is::<RefundPayment>() {
@@ -172,10 +172,6 @@ impl CommandHandler for PaymentHandler {
                 "the payment service does not handle {} messages",
                 envelope.kind
             )))
-        };
-        if matches!(result, Ok(Handled::Applied)) {
-            self.wakers.wake(Schema::Payment);
         }
-        result
     }
 }

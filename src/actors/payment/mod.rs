@@ -13,7 +13,7 @@ use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::actors::worker::WorkerRouter;
 use crate::config::Config;
 use crate::domain::envelope::topics;
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::db::writer::Writers;
 use crate::infra::payment_provider::PaymentProvider;
 
 /// The payment service: consumes `payment.commands` with a pool of keyed workers.
@@ -22,11 +22,11 @@ pub fn service(
     producer: rdkafka::producer::FutureProducer,
     pool: PgPool,
     provider: Arc<dyn PaymentProvider>,
-    wakers: OutboxWakers,
+    writers: Writers,
     instance: String,
 ) -> ServiceArgs {
     let handler = Arc::new(handler::PaymentHandler::new(
-        pool, provider, &config, wakers,
+        pool, provider, &config, writers,
     ));
     let workers = config.payment.workers;
     let router_instance = instance.clone();

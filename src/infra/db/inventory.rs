@@ -4,11 +4,14 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::{OutboxMessage, Schema, claim_inbox, write_outbox};
+use super::messaging::{OutboxMessage, Schema, claim_inbox, trace_headers, write_outbox};
+use super::writer::Writer;
 use crate::domain::envelope::{
     Envelope, Payload, PricedLine, RejectReason, RejectedLine, ReserveStock, StockCommitted,
     StockRejected, StockReleased, StockReserved, topics,
@@ -173,21 +176,22 @@ pub enum CommandOutcome {
 }
 
 /// The context every inventory command is handled in.
-pub struct CommandContext<'a> {
-    pub consumer: &'a str,
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub consumer: &'static str,
     pub message_id: Uuid,
     pub order_id: OrderId,
     pub traceparent: Option<String>,
 }
 
 async fn reply<P: Payload>(
-    tx: &mut Transaction<'_, Postgres>,
-    ctx: &CommandContext<'_>,
+    conn: &mut PgConnection,
+    ctx: &CommandContext,
     payload: &P,
 ) -> Result<(), DbError> {
     let envelope = Envelope::new(ctx.order_id, payload, Utc::now());
     write_outbox(
-        tx,
+        conn,
         Schema::Inventory,
         &OutboxMessage {
             topic: topics::INVENTORY_EVENTS,
@@ -198,23 +202,37 @@ async fn reply<P: Payload>(
     .await
 }
 
-/// Reserves every line of the order or none, and replies `StockReserved` or `StockRejected`.
-/// A second `ReserveStock` for an order that already has a reservation repeats its answer.
+/// Reserves every line of the order or none, and replies `StockReserved` or `StockRejected`,
+/// in the next batch of the inventory writer. A second `ReserveStock` for an order that
+/// already has a reservation repeats its answer.
 pub async fn reserve(
-    pool: &PgPool,
-    ctx: &CommandContext<'_>,
+    writer: &Writer,
+    ctx: &CommandContext,
     command: &ReserveStock,
     ttl: chrono::Duration,
 ) -> Result<CommandOutcome, DbError> {
-    let mut tx = pool.begin().await?;
-    if !claim_inbox(&mut tx, Schema::Inventory, ctx.consumer, ctx.message_id).await? {
-        tx.rollback().await?;
+    let job = Arc::new((ctx.clone(), command.clone()));
+    writer
+        .run(move |conn| {
+            let job = job.clone();
+            Box::pin(async move { reserve_in(conn, &job.0, &job.1, ttl).await })
+        })
+        .await
+}
+
+/// [`reserve`] on a connection inside the caller's transaction.
+async fn reserve_in(
+    conn: &mut PgConnection,
+    ctx: &CommandContext,
+    command: &ReserveStock,
+    ttl: chrono::Duration,
+) -> Result<CommandOutcome, DbError> {
+    if !claim_inbox(conn, Schema::Inventory, ctx.consumer, ctx.message_id).await? {
         return Ok(CommandOutcome::Duplicate);
     }
     let order = ctx.order_id.as_uuid();
-    if let Some(existing) = existing_reservation(&mut tx, order).await? {
-        reply(&mut tx, ctx, &existing).await?;
-        tx.commit().await?;
+    if let Some(existing) = existing_reservation(conn, order).await? {
+        reply(conn, ctx, &existing).await?;
         return Ok(CommandOutcome::Reserved {
             total_minor: existing.total_minor,
         });
@@ -228,7 +246,7 @@ pub async fn reserve(
          FROM inventory.products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
     )
     .bind(&skus)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     let mut priced = Vec::with_capacity(command.lines.len());
     let mut rejected = Vec::new();
@@ -268,14 +286,13 @@ pub async fn reserve(
     }
     if !rejected.is_empty() {
         reply(
-            &mut tx,
+            conn,
             ctx,
             &StockRejected {
                 lines: rejected.clone(),
             },
         )
         .await?;
-        tx.commit().await?;
         return Ok(CommandOutcome::Rejected(rejected));
     }
 
@@ -323,21 +340,20 @@ pub async fn reserve(
     .bind(kind)
     .bind(payload)
     .bind(headers)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
     Ok(CommandOutcome::Reserved { total_minor })
 }
 
 /// The `StockReserved` answer of an order that already has a reservation.
 async fn existing_reservation(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     order: Uuid,
 ) -> Result<Option<StockReserved>, DbError> {
     let Some(head) =
         sqlx::query("SELECT expires_at FROM inventory.reservations WHERE order_id = $1")
             .bind(order)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await?
     else {
         return Ok(None);
@@ -348,7 +364,7 @@ async fn existing_reservation(
          WHERE l.order_id = $1 ORDER BY l.sku",
     )
     .bind(order)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await?;
     let mut currency = None;
     let mut priced = Vec::with_capacity(lines.len());
@@ -378,19 +394,15 @@ async fn existing_reservation(
 
 /// The reply envelope of a command as bind parameters (id, type, payload, headers).
 fn reply_parts<P: Payload>(
-    ctx: &CommandContext<'_>,
+    ctx: &CommandContext,
     payload: &P,
 ) -> (Uuid, String, Vec<u8>, serde_json::Value) {
     let envelope = Envelope::new(ctx.order_id, payload, Utc::now());
-    let mut headers = serde_json::Map::new();
-    if let Some(tp) = &ctx.traceparent {
-        headers.insert("traceparent".into(), tp.clone().into());
-    }
     (
         envelope.id,
         envelope.kind.clone(),
         envelope.encode(),
-        serde_json::Value::Object(headers),
+        trace_headers(ctx.traceparent.as_deref()),
     )
 }
 
@@ -398,41 +410,49 @@ fn reply_parts<P: Payload>(
 /// $2 message id, $3 order id, $4-$8 the reply's id, topic, type, payload and headers. It must
 /// return `fresh` (the message was new) and `changed`. `None` for a duplicate.
 async fn claim_change_reply<P: Payload>(
-    pool: &PgPool,
-    ctx: &CommandContext<'_>,
+    writer: &Writer,
+    ctx: &CommandContext,
     reply: &P,
     sql: &'static str,
 ) -> Result<Option<bool>, DbError> {
-    let (id, kind, payload, headers) = reply_parts(ctx, reply);
-    let row = sqlx::query(sql)
-        .bind(ctx.consumer)
-        .bind(ctx.message_id)
-        .bind(ctx.order_id.as_uuid())
-        .bind(id)
-        .bind(topics::INVENTORY_EVENTS)
-        .bind(kind)
-        .bind(payload)
-        .bind(headers)
-        .fetch_one(pool)
-        .await?;
-    if !row.try_get::<bool, _>("fresh")? {
-        return Ok(None);
-    }
-    Ok(Some(row.try_get("changed")?))
+    let binds = Arc::new((ctx.clone(), reply_parts(ctx, reply)));
+    writer
+        .run(move |conn| {
+            let binds = binds.clone();
+            Box::pin(async move {
+                let (ctx, (id, kind, payload, headers)) = &*binds;
+                let row = sqlx::query(sql)
+                    .bind(ctx.consumer)
+                    .bind(ctx.message_id)
+                    .bind(ctx.order_id.as_uuid())
+                    .bind(id)
+                    .bind(topics::INVENTORY_EVENTS)
+                    .bind(kind)
+                    .bind(payload)
+                    .bind(headers)
+                    .fetch_one(conn)
+                    .await?;
+                if !row.try_get::<bool, _>("fresh")? {
+                    return Ok(None);
+                }
+                Ok(Some(row.try_get("changed")?))
+            })
+        })
+        .await
 }
 
 /// Gives back a reserved order's stock and replies `StockReleased` (also when nothing was
 /// reserved, so compensation always completes). One statement: inbox, release, reply.
 pub async fn release(
-    pool: &PgPool,
-    ctx: &CommandContext<'_>,
+    writer: &Writer,
+    ctx: &CommandContext,
     reason: &str,
 ) -> Result<CommandOutcome, DbError> {
     let reply = StockReleased {
         reason: reason.to_owned(),
     };
     let changed = claim_change_reply(
-        pool,
+        writer,
         ctx,
         &reply,
         "WITH claim AS (
@@ -483,8 +503,8 @@ async fn release_in(tx: &mut Transaction<'_, Postgres>, order: Uuid) -> Result<b
 
 /// Turns a reservation into a sale: stock leaves `on_hand` and `reserved` together. One
 /// statement: inbox, commit, reply.
-pub async fn commit(pool: &PgPool, ctx: &CommandContext<'_>) -> Result<CommandOutcome, DbError> {
-    let changed = claim_change_reply(pool, ctx, &StockCommitted {},
+pub async fn commit(writer: &Writer, ctx: &CommandContext) -> Result<CommandOutcome, DbError> {
+    let changed = claim_change_reply(writer, ctx, &StockCommitted {},
         "WITH claim AS (
              INSERT INTO inventory.inbox (consumer, message_id) VALUES ($1, $2)
              ON CONFLICT DO NOTHING RETURNING 1

@@ -3,7 +3,7 @@
 //! own static statements: sqlx takes only `&'static str` SQL, and a schema name is an
 //! identifier that cannot be a bound parameter.
 
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::DbError;
@@ -27,30 +27,63 @@ pub struct OutboxMessage<'a> {
 
 /// Writes `message` to the schema's outbox inside `tx`.
 pub async fn write_outbox(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     schema: Schema,
     message: &OutboxMessage<'_>,
 ) -> Result<(), DbError> {
-    let mut headers = serde_json::Map::new();
-    if let Some(tp) = &message.traceparent {
-        headers.insert("traceparent".into(), tp.clone().into());
-    }
     sqlx::query(schema.insert_outbox_sql())
         .bind(message.envelope.id)
         .bind(message.topic)
         .bind(message.envelope.order_id.to_string())
         .bind(&message.envelope.kind)
         .bind(message.envelope.encode())
-        .bind(serde_json::Value::Object(headers))
-        .execute(&mut **tx)
+        .bind(trace_headers(message.traceparent.as_deref()))
+        .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Outbox rows as column arrays, for one `INSERT … SELECT FROM UNNEST(…)` of several rows.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxColumns {
+    pub ids: Vec<Uuid>,
+    pub topics: Vec<String>,
+    pub kinds: Vec<String>,
+    pub payloads: Vec<Vec<u8>>,
+    pub headers: Vec<serde_json::Value>,
+}
+
+impl OutboxColumns {
+    pub fn new(messages: &[OutboxMessage<'_>]) -> Self {
+        let mut c = OutboxColumns::default();
+        for m in messages {
+            c.push(m);
+        }
+        c
+    }
+
+    pub fn push(&mut self, m: &OutboxMessage<'_>) {
+        self.ids.push(m.envelope.id);
+        self.topics.push(m.topic.to_owned());
+        self.kinds.push(m.envelope.kind.clone());
+        self.payloads.push(m.envelope.encode());
+        self.headers.push(trace_headers(m.traceparent.as_deref()));
+    }
+}
+
+/// The JSON headers column of an outbox row: the trace context when there is one.
+pub fn trace_headers(traceparent: Option<&str>) -> serde_json::Value {
+    let mut headers = serde_json::Map::new();
+    if let Some(tp) = traceparent {
+        headers.insert("traceparent".into(), tp.into());
+    }
+    serde_json::Value::Object(headers)
 }
 
 /// Records that `consumer` handles `message_id` inside `tx`. False means it was handled
 /// before: the caller must change nothing.
 pub async fn claim_inbox(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     schema: Schema,
     consumer: &str,
     message_id: Uuid,
@@ -58,7 +91,7 @@ pub async fn claim_inbox(
     Ok(sqlx::query(schema.claim_inbox_sql())
         .bind(consumer)
         .bind(message_id)
-        .execute(&mut **tx)
+        .execute(conn)
         .await?
         .rows_affected()
         == 1)

@@ -4,6 +4,7 @@ pub mod inventory;
 pub mod messaging;
 pub mod orders;
 pub mod payment;
+pub mod writer;
 
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("the {0} writer stopped")]
+    WriterStopped(&'static str),
+    #[error("the batch's commit failed: {0}")]
+    BatchFailed(String),
 }
 
 /// Opens a pool. Connections are made lazily so a process starts while PostgreSQL restarts;

@@ -3,12 +3,15 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
 pub use super::messaging::OutboxMessage;
-use super::messaging::{Schema, write_outbox};
+use super::messaging::{OutboxColumns, Schema, write_outbox};
+use super::writer::Writer;
 use crate::domain::envelope::{CancelRequested, Envelope, SagaTimeout, topics};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{NewOrder, OrderStatus};
@@ -43,9 +46,10 @@ pub struct OrderFilter {
     pub limit: u32,
 }
 
-/// Stores a new order, its lines and its `OrderPlaced` outbox row in one transaction.
+/// Stores a new order, its lines and its `OrderPlaced` outbox row atomically, in the next
+/// batch of the orders writer.
 pub async fn insert_order(
-    pool: &PgPool,
+    writer: &Writer,
     id: OrderId,
     order: &NewOrder,
     now: DateTime<Utc>,
@@ -58,55 +62,93 @@ pub async fn insert_order(
         .iter()
         .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
         .collect();
-    let envelope = message.envelope;
-    let mut headers = serde_json::Map::new();
-    if let Some(tp) = &message.traceparent {
-        headers.insert("traceparent".into(), tp.clone().into());
-    }
-    // One statement (one round trip, atomic): the order, its lines and its outbox row.
-    sqlx::query(
-        "WITH o AS (
-             INSERT INTO orders.orders
-               (id, customer_id, currency, status, trace_id, card_token, created_at, updated_at)
-             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $6)
-             RETURNING id
-         ), lines AS (
-             INSERT INTO orders.order_lines (order_id, line_no, sku, quantity)
-             SELECT o.id, l.n - 1, l.sku, l.qty
-             FROM o, UNNEST($7::text[], $8::int[]) WITH ORDINALITY AS l(sku, qty, n)
-         )
-         INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
-         SELECT $9, $10, o.id::text, $11, $12, $13 FROM o",
-    )
-    .bind(id.as_uuid())
-    .bind(order.customer_id.as_str())
-    .bind(order.currency.code())
-    .bind(trace_id)
-    .bind(&order.card_token)
-    .bind(now)
-    .bind(&skus)
-    .bind(&quantities)
-    .bind(envelope.id)
-    .bind(message.topic)
-    .bind(&envelope.kind)
-    .bind(envelope.encode())
-    .bind(serde_json::Value::Object(headers))
-    .execute(pool)
-    .await?;
-    Ok(OrderRecord {
-        order_id: id.as_uuid(),
+    let write = Arc::new(IntakeWrite {
+        id: id.as_uuid(),
         customer_id: order.customer_id.to_string(),
         currency: order.currency.code().to_owned(),
+        trace_id: trace_id.to_owned(),
+        card_token: order.card_token.clone(),
+        now,
+        skus,
+        quantities,
+        outbox: OutboxColumns::new(std::slice::from_ref(&message)),
+    });
+    let job = write.clone();
+    writer
+        .run(move |conn| {
+            let w = job.clone();
+            Box::pin(async move { w.execute(conn).await })
+        })
+        .await?;
+    let write = Arc::try_unwrap(write).unwrap_or_else(|shared| IntakeWrite::clone(&shared));
+    Ok(OrderRecord {
+        order_id: write.id,
+        customer_id: write.customer_id,
+        currency: write.currency,
         status: OrderStatus::Pending,
         cancel_reason: None,
-        lines: skus
+        lines: write
+            .skus
             .into_iter()
-            .zip(quantities)
+            .zip(write.quantities)
             .map(|(sku, quantity)| LineRecord { sku, quantity })
             .collect(),
         created_at: now,
         updated_at: now,
     })
+}
+
+/// An order intake's bind parameters.
+#[derive(Clone)]
+struct IntakeWrite {
+    id: Uuid,
+    customer_id: String,
+    currency: String,
+    trace_id: String,
+    card_token: String,
+    now: DateTime<Utc>,
+    skus: Vec<String>,
+    quantities: Vec<i32>,
+    outbox: OutboxColumns,
+}
+
+impl IntakeWrite {
+    /// One statement: the order, its lines and its outbox row.
+    async fn execute(&self, conn: &mut PgConnection) -> Result<(), DbError> {
+        let o = &self.outbox;
+        sqlx::query(
+            "WITH o AS (
+                 INSERT INTO orders.orders
+                   (id, customer_id, currency, status, trace_id, card_token, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $6)
+                 RETURNING id
+             ), lines AS (
+                 INSERT INTO orders.order_lines (order_id, line_no, sku, quantity)
+                 SELECT o.id, l.n - 1, l.sku, l.qty
+                 FROM o, UNNEST($7::text[], $8::int[]) WITH ORDINALITY AS l(sku, qty, n)
+             )
+             INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
+             SELECT m.id, m.topic, o.id::text, m.kind, m.payload, m.headers
+             FROM o, UNNEST($9::uuid[], $10::text[], $11::text[], $12::bytea[], $13::jsonb[])
+                  AS m(id, topic, kind, payload, headers)",
+        )
+        .bind(self.id)
+        .bind(&self.customer_id)
+        .bind(&self.currency)
+        .bind(&self.trace_id)
+        .bind(&self.card_token)
+        .bind(self.now)
+        .bind(&self.skus)
+        .bind(&self.quantities)
+        .bind(&o.ids)
+        .bind(&o.topics)
+        .bind(&o.kinds)
+        .bind(&o.payloads)
+        .bind(&o.headers)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<OrderRecord>, DbError> {
@@ -246,91 +288,119 @@ pub enum StepOutcome {
 }
 
 /// Writes the inbox row, the saga's new state, its journal entry, its outbox messages and the
-/// order's status as **one statement** (data-modifying CTEs, one round trip, atomic). Every
-/// write depends on the state update, which happens only if the message is new and the stored
-/// version is the one the transition was computed from.
-pub async fn record_saga_step(pool: &PgPool, step: &SagaStep<'_>) -> Result<StepOutcome, DbError> {
-    let data = serde_json::to_value(&step.to.data)
-        .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?;
-    let n = step.messages.len();
-    let (mut ids, mut topics_, mut types, mut payloads, mut headers) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for m in &step.messages {
-        ids.push(m.envelope.id);
-        topics_.push(m.topic.to_owned());
-        types.push(m.envelope.kind.clone());
-        payloads.push(m.envelope.encode());
-        let mut h = serde_json::Map::new();
-        if let Some(tp) = &m.traceparent {
-            h.insert("traceparent".into(), tp.clone().into());
-        }
-        headers.push(serde_json::Value::Object(h));
+/// order's status as **one statement** (data-modifying CTEs, atomic), in the next batch of the
+/// orders writer. Every write depends on the state update, which happens only if the message is
+/// new and the stored version is the one the transition was computed from.
+pub async fn record_saga_step(writer: &Writer, step: &SagaStep<'_>) -> Result<StepOutcome, DbError> {
+    let write = Arc::new(SagaWrite::prepare(step)?);
+    writer
+        .run(move |conn| {
+            let write = write.clone();
+            Box::pin(async move { write.execute(conn).await })
+        })
+        .await
+}
+
+/// A saga step's bind parameters, encoded once (a batch may run its statement twice).
+struct SagaWrite {
+    order_id: Uuid,
+    status: &'static str,
+    data: serde_json::Value,
+    deadline: Option<DateTime<Utc>>,
+    expected_version: Option<i32>,
+    consumer: String,
+    message_id: Uuid,
+    message_type: String,
+    from: &'static str,
+    trace_id: Option<String>,
+    outbox: OutboxColumns,
+    order_status: Option<&'static str>,
+    cancel_reason: Option<String>,
+}
+
+impl SagaWrite {
+    fn prepare(step: &SagaStep<'_>) -> Result<Self, DbError> {
+        Ok(SagaWrite {
+            order_id: step.order_id,
+            status: step.to.status.as_str(),
+            data: serde_json::to_value(&step.to.data)
+                .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?,
+            deadline: step.deadline,
+            expected_version: step.expected_version,
+            consumer: step.consumer.to_owned(),
+            message_id: step.message_id,
+            message_type: step.message_type.to_owned(),
+            from: step.from.as_str(),
+            trace_id: step.trace_id.map(str::to_owned),
+            outbox: OutboxColumns::new(&step.messages),
+            order_status: step.order_update.map(|(s, _)| s.as_str()),
+            cancel_reason: step.order_update.and_then(|(_, r)| r).map(str::to_owned),
+        })
     }
-    let row = sqlx::query(
-        "WITH fresh AS (
-             SELECT NOT EXISTS (SELECT 1 FROM orders.inbox WHERE consumer = $6 AND message_id = $7) AS ok
-         ), ins AS (
-             INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
-             SELECT $1, $2, 1, $3, $4, now() FROM fresh WHERE fresh.ok AND $5::int IS NULL
-             ON CONFLICT (order_id) DO NOTHING
-             RETURNING version
-         ), upd AS (
-             UPDATE orders.saga_state
-             SET status = $2, version = version + 1, data = $3, deadline = $4,
-                 timeout_sent = false, updated_at = now()
-             WHERE order_id = $1 AND version = $5 AND (SELECT ok FROM fresh)
-             RETURNING version
-         ), done AS (
-             SELECT version FROM ins UNION ALL SELECT version FROM upd
-         ), claim AS (
-             INSERT INTO orders.inbox (consumer, message_id)
-             SELECT $6, $7 FROM done ON CONFLICT DO NOTHING
-         ), journal AS (
-             INSERT INTO orders.saga_journal
-               (order_id, message_id, message_type, from_status, to_status, trace_id)
-             SELECT $1, $7, $8, $9, $2, $10 FROM done
-         ), outbox AS (
-             INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
-             SELECT m.id, m.topic, $1::text, m.kind, m.payload, m.headers
-             FROM done, UNNEST($11::uuid[], $12::text[], $13::text[], $14::bytea[], $15::jsonb[])
-                  AS m(id, topic, kind, payload, headers)
-         ), finished AS (
-             UPDATE orders.orders SET status = $16, cancel_reason = $17, updated_at = now()
-             WHERE id = $1 AND $16::text IS NOT NULL AND EXISTS (SELECT 1 FROM done)
-         )
-         SELECT (SELECT version FROM done) AS version, (SELECT ok FROM fresh) AS fresh",
-    )
-    .bind(step.order_id)
-    .bind(step.to.status.as_str())
-    .bind(&data)
-    .bind(step.deadline)
-    .bind(step.expected_version)
-    .bind(step.consumer)
-    .bind(step.message_id)
-    .bind(step.message_type)
-    .bind(step.from.as_str())
-    .bind(step.trace_id)
-    .bind(&ids)
-    .bind(&topics_)
-    .bind(&types)
-    .bind(&payloads)
-    .bind(&headers)
-    .bind(step.order_update.map(|(s, _)| s.as_str()))
-    .bind(step.order_update.and_then(|(_, r)| r))
-    .fetch_one(pool)
-    .await?;
-    let version: Option<i32> = row.try_get("version")?;
-    let fresh: bool = row.try_get("fresh")?;
-    Ok(match (version, fresh) {
-        (Some(version), _) => StepOutcome::Applied { version },
-        (None, false) => StepOutcome::Duplicate,
-        (None, true) => StepOutcome::Conflict,
-    })
+
+    async fn execute(&self, conn: &mut PgConnection) -> Result<StepOutcome, DbError> {
+        let o = &self.outbox;
+        let row = sqlx::query(
+            "WITH fresh AS (
+                 SELECT NOT EXISTS (SELECT 1 FROM orders.inbox WHERE consumer = $6 AND message_id = $7) AS ok
+             ), ins AS (
+                 INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
+                 SELECT $1, $2, 1, $3, $4, now() FROM fresh WHERE fresh.ok AND $5::int IS NULL
+                 ON CONFLICT (order_id) DO NOTHING
+                 RETURNING version
+             ), upd AS (
+                 UPDATE orders.saga_state
+                 SET status = $2, version = version + 1, data = $3, deadline = $4,
+                     timeout_sent = false, updated_at = now()
+                 WHERE order_id = $1 AND version = $5 AND (SELECT ok FROM fresh)
+                 RETURNING version
+             ), done AS (
+                 SELECT version FROM ins UNION ALL SELECT version FROM upd
+             ), claim AS (
+                 INSERT INTO orders.inbox (consumer, message_id)
+                 SELECT $6, $7 FROM done ON CONFLICT DO NOTHING
+             ), journal AS (
+                 INSERT INTO orders.saga_journal
+                   (order_id, message_id, message_type, from_status, to_status, trace_id)
+                 SELECT $1, $7, $8, $9, $2, $10 FROM done
+             ), outbox AS (
+                 INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
+                 SELECT m.id, m.topic, $1::text, m.kind, m.payload, m.headers
+                 FROM done, UNNEST($11::uuid[], $12::text[], $13::text[], $14::bytea[], $15::jsonb[])
+                      AS m(id, topic, kind, payload, headers)
+             ), finished AS (
+                 UPDATE orders.orders SET status = $16, cancel_reason = $17, updated_at = now()
+                 WHERE id = $1 AND $16::text IS NOT NULL AND EXISTS (SELECT 1 FROM done)
+             )
+             SELECT (SELECT version FROM done) AS version, (SELECT ok FROM fresh) AS fresh",
+        )
+        .bind(self.order_id)
+        .bind(self.status)
+        .bind(&self.data)
+        .bind(self.deadline)
+        .bind(self.expected_version)
+        .bind(&self.consumer)
+        .bind(self.message_id)
+        .bind(&self.message_type)
+        .bind(self.from)
+        .bind(self.trace_id.as_deref())
+        .bind(&o.ids)
+        .bind(&o.topics)
+        .bind(&o.kinds)
+        .bind(&o.payloads)
+        .bind(&o.headers)
+        .bind(self.order_status)
+        .bind(self.cancel_reason.as_deref())
+        .fetch_one(conn)
+        .await?;
+        let version: Option<i32> = row.try_get("version")?;
+        let fresh: bool = row.try_get("fresh")?;
+        Ok(match (version, fresh) {
+            (Some(version), _) => StepOutcome::Applied { version },
+            (None, false) => StepOutcome::Duplicate,
+            (None, true) => StepOutcome::Conflict,
+        })
+    }
 }
 
 /// Announces every saga deadline that passed (at most `limit`) as a `SagaTimeout` on

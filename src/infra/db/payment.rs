@@ -3,11 +3,14 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::sync::Arc;
+
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::{OutboxMessage, Schema, claim_inbox, write_outbox};
+use super::messaging::trace_headers;
+use super::writer::Writer;
 use crate::domain::envelope::{Envelope, Payload, topics};
 use crate::domain::ids::OrderId;
 
@@ -69,104 +72,151 @@ pub struct Handling<'a> {
     pub traceparent: Option<String>,
 }
 
-async fn begin(
-    pool: &PgPool,
-    h: &Handling<'_>,
-) -> Result<Option<Transaction<'static, Postgres>>, DbError> {
-    let mut tx = pool.begin().await?;
-    if !claim_inbox(&mut tx, Schema::Payment, h.consumer, h.message_id).await? {
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    Ok(Some(tx))
-}
-
-async fn reply<P: Payload>(
-    tx: &mut Transaction<'_, Postgres>,
+/// The reply's outbox columns: id, type, payload, headers.
+fn reply_parts<P: Payload>(
     h: &Handling<'_>,
     order_id: OrderId,
     payload: &P,
-) -> Result<(), DbError> {
+) -> (Uuid, String, Vec<u8>, serde_json::Value) {
     let envelope = Envelope::new(order_id, payload, Utc::now());
-    write_outbox(
-        tx,
-        Schema::Payment,
-        &OutboxMessage {
-            topic: topics::PAYMENT_EVENTS,
-            envelope: &envelope,
-            traceparent: h.traceparent.clone(),
-        },
+    (
+        envelope.id,
+        envelope.kind.clone(),
+        envelope.encode(),
+        trace_headers(h.traceparent.as_deref()),
     )
-    .await
 }
 
-/// Stores the decision (the first one for an order wins) and its reply. `false` when the
-/// message was handled before.
+/// A decision's bind parameters.
+struct DecisionWrite {
+    consumer: String,
+    message_id: Uuid,
+    order_id: Uuid,
+    status: &'static str,
+    amount_minor: i64,
+    currency: String,
+    card_token: String,
+    provider_ref: Option<String>,
+    decline_reason: Option<String>,
+    reply: (Uuid, String, Vec<u8>, serde_json::Value),
+}
+
+/// Stores the decision (the first one for an order wins) and its reply, in the next batch of
+/// the payment writer. `false` when the message was handled before.
 pub async fn record_decision<P: Payload>(
-    pool: &PgPool,
+    writer: &Writer,
     h: &Handling<'_>,
     payment: &NewPayment<'_>,
     answer: &P,
 ) -> Result<bool, DbError> {
-    let envelope = Envelope::new(payment.order_id, answer, Utc::now());
-    let mut headers = serde_json::Map::new();
-    if let Some(tp) = &h.traceparent {
-        headers.insert("traceparent".into(), tp.clone().into());
-    }
-    // One statement: the inbox claim gates the payment row and the reply.
-    let fresh: bool = sqlx::query(
-        "WITH claim AS (
-             INSERT INTO payment.inbox (consumer, message_id) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING RETURNING 1
-         ), pay AS (
-             INSERT INTO payment.payments
-               (order_id, status, amount_minor, currency, card_token, provider_ref, decline_reason)
-             SELECT $3, $4, $5, $6, $7, $8, $9 FROM claim
-             ON CONFLICT (order_id) DO NOTHING
-         ), reply AS (
-             INSERT INTO payment.outbox (message_id, topic, message_key, message_type, payload, headers)
-             SELECT $10, $11, $3::text, $12, $13, $14 FROM claim
-         )
-         SELECT EXISTS (SELECT 1 FROM claim)",
-    )
-    .bind(h.consumer)
-    .bind(h.message_id)
-    .bind(payment.order_id.as_uuid())
-    .bind(if payment.approved { "AUTHORIZED" } else { "DECLINED" })
-    .bind(payment.amount_minor)
-    .bind(payment.currency)
-    .bind(payment.card_token)
-    .bind(payment.provider_ref)
-    .bind(payment.decline_reason)
-    .bind(envelope.id)
-    .bind(topics::PAYMENT_EVENTS)
-    .bind(&envelope.kind)
-    .bind(envelope.encode())
-    .bind(serde_json::Value::Object(headers))
-    .fetch_one(pool)
-    .await?
-    .try_get(0)?;
-    Ok(fresh)
+    let w = Arc::new(DecisionWrite {
+        consumer: h.consumer.to_owned(),
+        message_id: h.message_id,
+        order_id: payment.order_id.as_uuid(),
+        status: if payment.approved {
+            "AUTHORIZED"
+        } else {
+            "DECLINED"
+        },
+        amount_minor: payment.amount_minor,
+        currency: payment.currency.to_owned(),
+        card_token: payment.card_token.to_owned(),
+        provider_ref: payment.provider_ref.map(str::to_owned),
+        decline_reason: payment.decline_reason.map(str::to_owned),
+        reply: reply_parts(h, payment.order_id, answer),
+    });
+    writer
+        .run(move |conn| {
+            let w = w.clone();
+            Box::pin(async move {
+                let (id, kind, payload, headers) = &w.reply;
+                // One statement: the inbox claim gates the payment row and the reply.
+                let fresh: bool = sqlx::query(
+                    "WITH claim AS (
+                         INSERT INTO payment.inbox (consumer, message_id) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING RETURNING 1
+                     ), pay AS (
+                         INSERT INTO payment.payments
+                           (order_id, status, amount_minor, currency, card_token, provider_ref,
+                            decline_reason)
+                         SELECT $3, $4, $5, $6, $7, $8, $9 FROM claim
+                         ON CONFLICT (order_id) DO NOTHING
+                     ), reply AS (
+                         INSERT INTO payment.outbox
+                           (message_id, topic, message_key, message_type, payload, headers)
+                         SELECT $10, $11, $3::text, $12, $13, $14 FROM claim
+                     )
+                     SELECT EXISTS (SELECT 1 FROM claim)",
+                )
+                .bind(&w.consumer)
+                .bind(w.message_id)
+                .bind(w.order_id)
+                .bind(w.status)
+                .bind(w.amount_minor)
+                .bind(&w.currency)
+                .bind(&w.card_token)
+                .bind(w.provider_ref.as_deref())
+                .bind(w.decline_reason.as_deref())
+                .bind(id)
+                .bind(topics::PAYMENT_EVENTS)
+                .bind(kind)
+                .bind(payload)
+                .bind(headers)
+                .fetch_one(conn)
+                .await?
+                .try_get(0)?;
+                Ok(fresh)
+            })
+        })
+        .await
 }
 
-/// Marks the order's payment refunded (if it was authorized) and replies.
+/// Marks the order's payment refunded (if it was authorized) and replies, in the next batch
+/// of the payment writer. `false` when the message was handled before.
 pub async fn record_refund<P: Payload>(
-    pool: &PgPool,
+    writer: &Writer,
     h: &Handling<'_>,
     order_id: OrderId,
     answer: &P,
 ) -> Result<bool, DbError> {
-    let Some(mut tx) = begin(pool, h).await? else {
-        return Ok(false);
-    };
-    sqlx::query(
-        "UPDATE payment.payments SET status = 'REFUNDED', updated_at = now()
-         WHERE order_id = $1 AND status = 'AUTHORIZED'",
-    )
-    .bind(order_id.as_uuid())
-    .execute(&mut *tx)
-    .await?;
-    reply(&mut tx, h, order_id, answer).await?;
-    tx.commit().await?;
-    Ok(true)
+    let w = Arc::new((
+        h.consumer.to_owned(),
+        h.message_id,
+        order_id.as_uuid(),
+        reply_parts(h, order_id, answer),
+    ));
+    writer
+        .run(move |conn| {
+            let w = w.clone();
+            Box::pin(async move {
+                let (consumer, message_id, order, (id, kind, payload, headers)) = &*w;
+                let fresh: bool = sqlx::query(
+                    "WITH claim AS (
+                         INSERT INTO payment.inbox (consumer, message_id) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING RETURNING 1
+                     ), refund AS (
+                         UPDATE payment.payments SET status = 'REFUNDED', updated_at = now()
+                         WHERE order_id = $3 AND status = 'AUTHORIZED' AND EXISTS (SELECT 1 FROM claim)
+                     ), reply AS (
+                         INSERT INTO payment.outbox
+                           (message_id, topic, message_key, message_type, payload, headers)
+                         SELECT $4, $5, $3::text, $6, $7, $8 FROM claim
+                     )
+                     SELECT EXISTS (SELECT 1 FROM claim)",
+                )
+                .bind(consumer)
+                .bind(message_id)
+                .bind(order)
+                .bind(id)
+                .bind(topics::PAYMENT_EVENTS)
+                .bind(kind)
+                .bind(payload)
+                .bind(headers)
+                .fetch_one(conn)
+                .await?
+                .try_get(0)?;
+                Ok(fresh)
+            })
+        })
+        .await
 }

@@ -1,0 +1,253 @@
+//! Group commit: the writes of many concurrent handlers share one transaction.
+//!
+//! Every handler that changes state (a saga step, a reservation, a payment decision, an order
+//! intake) hands its statements to its schema's [`Writer`] as a job and waits. A writer task
+//! takes every job that is queued (up to `database.batch_max`), runs them one after another in
+//! **one** transaction and commits once, then answers each job. Under load the batch grows by
+//! itself (jobs queue while the previous batch commits); when idle a job runs at once, so there
+//! is no timer to wait for. A commit (and its WAL flush) is shared by the whole batch, and the
+//! schema's outbox relay is woken once per batch.
+//!
+//! A job is all-or-nothing within the batch: when one fails, the batch is rolled back and each
+//! of its jobs runs again alone, so one bad message never fails the others. A job may therefore
+//! run more than once before it commits, and must build everything it writes inside its closure.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::DbError;
+use super::messaging::Schema;
+use crate::infra::outbox::OutboxWakers;
+use crate::metrics as m;
+
+/// What a job runs: its statements on the batch's connection, inside the batch's transaction.
+pub type JobFn<T> =
+    dyn for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, DbError>> + Send + Sync;
+
+trait Job: Send {
+    fn run<'c>(&'c mut self, conn: &'c mut PgConnection) -> BoxFuture<'c, Result<(), DbError>>;
+    /// Answers the submitter: the job's output when the batch committed, else the error.
+    fn answer(self: Box<Self>, committed: Result<(), DbError>);
+}
+
+struct TypedJob<T> {
+    f: Box<JobFn<T>>,
+    output: Option<T>,
+    reply: oneshot::Sender<Result<T, DbError>>,
+}
+
+impl<T: Send + 'static> Job for TypedJob<T> {
+    fn run<'c>(&'c mut self, conn: &'c mut PgConnection) -> BoxFuture<'c, Result<(), DbError>> {
+        Box::pin(async move {
+            let out = (self.f)(conn).await?;
+            self.output = Some(out);
+            Ok(())
+        })
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), DbError>) {
+        let TypedJob { output, reply, .. } = *self;
+        let result = committed.and_then(|()| {
+            output.ok_or_else(|| DbError::Corrupt("a committed job has no output".into()))
+        });
+        let _ = reply.send(result);
+    }
+}
+
+/// Submits jobs to one schema's writer tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    schema: Schema,
+    jobs: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Runs `f` in the next batch of this schema and returns its output once committed.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, DbError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            f: Box::new(f),
+            output: None,
+            reply,
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| DbError::WriterStopped(self.schema.name()))?;
+        rx.await
+            .map_err(|_| DbError::WriterStopped(self.schema.name()))?
+    }
+}
+
+/// The writers of every schema, and the relay wake-ups they ring after each commit.
+#[derive(Clone)]
+pub struct Writers {
+    orders: Writer,
+    inventory: Writer,
+    payment: Writer,
+    wakers: OutboxWakers,
+}
+
+/// How the writer tasks batch.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Writer tasks (and so connections) per schema that commit in parallel.
+    pub writers: usize,
+    /// The most jobs in one transaction.
+    pub batch_max: usize,
+}
+
+impl Writers {
+    /// Starts the writer tasks of every schema on `pool`. They stop when the last `Writers`
+    /// clone is dropped, after finishing what was queued.
+    pub fn start(pool: &PgPool, wakers: OutboxWakers, config: WriterConfig) -> Self {
+        let writer = |schema: Schema| {
+            // Reservations lock product rows one job after another: two inventory batches in
+            // one process could lock the same skus in opposite orders, so inventory has a
+            // single writer per process (other processes wait on the row locks).
+            let tasks = if schema == Schema::Inventory {
+                1
+            } else {
+                config.writers.max(1)
+            };
+            let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 8);
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..tasks {
+                tokio::spawn(write_loop(
+                    pool.clone(),
+                    rx.clone(),
+                    schema,
+                    config.batch_max.max(1),
+                    wakers.clone(),
+                ));
+            }
+            Writer { schema, jobs: tx }
+        };
+        Writers {
+            orders: writer(Schema::Orders),
+            inventory: writer(Schema::Inventory),
+            payment: writer(Schema::Payment),
+            wakers,
+        }
+    }
+
+    pub fn get(&self, schema: Schema) -> &Writer {
+        match schema {
+            Schema::Orders => &self.orders,
+            Schema::Inventory => &self.inventory,
+            Schema::Payment => &self.payment,
+        }
+    }
+
+    /// The relay wake-ups (for writes that do not go through a writer).
+    pub fn wakers(&self) -> &OutboxWakers {
+        &self.wakers
+    }
+}
+
+async fn write_loop(
+    pool: PgPool,
+    jobs: Arc<Mutex<mpsc::Receiver<Box<dyn Job>>>>,
+    schema: Schema,
+    batch_max: usize,
+    wakers: OutboxWakers,
+) {
+    loop {
+        let mut batch = {
+            let mut rx = jobs.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut batch = Vec::with_capacity(batch_max.min(64));
+            batch.push(first);
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let started = std::time::Instant::now();
+        metrics::histogram!(m::WRITER_BATCH_JOBS, "schema" => schema.name())
+            .record(batch.len() as f64);
+        match run_batch(&pool, &mut batch).await {
+            Ok(()) => {
+                wakers.wake(schema);
+                for job in batch {
+                    job.answer(Ok(()));
+                }
+            }
+            Err(BatchError::Commit(e)) => {
+                // Whether the commit happened is unknown: every job is told it failed, and
+                // its message is redelivered and deduplicated by the inbox.
+                tracing::warn!(schema = schema.name(), error = %e, jobs = batch.len(), "batch commit failed");
+                let text = e.to_string();
+                for job in batch {
+                    job.answer(Err(DbError::BatchFailed(text.clone())));
+                }
+            }
+            Err(BatchError::Job(e)) if batch.len() == 1 => {
+                if let Some(job) = batch.pop() {
+                    job.answer(Err(e));
+                }
+            }
+            Err(BatchError::Job(e)) => {
+                tracing::debug!(schema = schema.name(), error = %e, jobs = batch.len(), "a job failed its batch; running each alone");
+                metrics::counter!(m::WRITER_SPLITS, "schema" => schema.name()).increment(1);
+                let mut committed_any = false;
+                for mut job in batch {
+                    let result = run_alone(&pool, job.as_mut()).await;
+                    committed_any |= result.is_ok();
+                    job.answer(result);
+                }
+                if committed_any {
+                    wakers.wake(schema);
+                }
+            }
+        }
+        metrics::histogram!(m::WRITER_BATCH_SECONDS, "schema" => schema.name())
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+enum BatchError {
+    /// A job failed: nothing of the batch is committed.
+    Job(DbError),
+    /// The commit itself failed.
+    Commit(DbError),
+}
+
+async fn run_batch(pool: &PgPool, batch: &mut [Box<dyn Job>]) -> Result<(), BatchError> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| BatchError::Job(e.into()))?;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| BatchError::Job(e.into()))?;
+    for job in batch.iter_mut() {
+        job.run(&mut tx).await.map_err(BatchError::Job)?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| BatchError::Commit(e.into()))
+}
+
+async fn run_alone(pool: &PgPool, job: &mut dyn Job) -> Result<(), DbError> {
+    let mut tx = pool.begin().await?;
+    job.run(&mut tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
