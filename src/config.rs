@@ -564,7 +564,8 @@ impl Config {
         if self.database.max_connections < 2 {
             return bad("database.max_connections must be at least 2");
         }
-        if !(1..=16).contains(&self.database.writers) || !(1..=10_000).contains(&self.database.batch_max)
+        if !(1..=16).contains(&self.database.writers)
+            || !(1..=10_000).contains(&self.database.batch_max)
         {
             return bad("database.writers must be 1 to 16 and database.batch_max 1 to 10000");
         }

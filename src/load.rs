@@ -33,6 +33,7 @@ pub struct LoadOptions {
     /// How long to wait after the last request for orders to reach a terminal state.
     pub settle: Duration,
     pub out: Option<PathBuf>,
+    pub metrics_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,6 +225,17 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         });
     }
     consumer_task.abort();
+    if let Some(path) = &opts.metrics_out {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .map_err(setup)?
+            .text()
+            .await
+            .map_err(setup)?;
+        std::fs::write(path, text).map_err(setup)?;
+    }
     if let Some(app) = app {
         app.shutdown().await;
     }

@@ -63,6 +63,10 @@ enum Command {
         /// Also write the report as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write the deployment's Prometheus metrics here after the run (writer batch sizes,
+        /// outbox passes, bridge outcomes): where the time went.
+        #[arg(long)]
+        metrics_out: Option<PathBuf>,
     },
     /// Place demo orders against a running API and show them flowing through Kafka.
     Demo {
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
             settle,
             url,
             out,
+            metrics_out,
         } => {
             let opts = orderflow::load::LoadOptions {
                 url,
@@ -108,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
                 skus,
                 settle: std::time::Duration::from_secs(settle),
                 out,
+                metrics_out,
             };
             let report = orderflow::load::run(config, opts).await?;
             println!("{}", report.summary());

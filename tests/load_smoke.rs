@@ -22,6 +22,7 @@ async fn load_run_follows_every_order_to_its_end() {
         skus: 3,
         settle: Duration::from_secs(60),
         out: Some(out.clone()),
+        metrics_out: None,
     };
     let report = run(env.config.clone(), opts)
         .await

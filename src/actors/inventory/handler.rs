@@ -41,7 +41,13 @@ impl CommandHandler for InventoryHandler {
         let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
         let outcome = if envelope.is::<ReserveStock>() {
             let command = envelope.payload_as::<ReserveStock>().map_err(poison)?;
-            repo::reserve(self.writers.get(Schema::Inventory), &ctx, &command, self.reservation_ttl).await
+            repo::reserve(
+                self.writers.get(Schema::Inventory),
+                &ctx,
+                &command,
+                self.reservation_ttl,
+            )
+            .await
         } else if envelope.is::<ReleaseStock>() {
             let command = envelope.payload_as::<ReleaseStock>().map_err(poison)?;
             repo::release(self.writers.get(Schema::Inventory), &ctx, &command.reason).await

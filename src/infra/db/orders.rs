@@ -291,7 +291,10 @@ pub enum StepOutcome {
 /// order's status as **one statement** (data-modifying CTEs, atomic), in the next batch of the
 /// orders writer. Every write depends on the state update, which happens only if the message is
 /// new and the stored version is the one the transition was computed from.
-pub async fn record_saga_step(writer: &Writer, step: &SagaStep<'_>) -> Result<StepOutcome, DbError> {
+pub async fn record_saga_step(
+    writer: &Writer,
+    step: &SagaStep<'_>,
+) -> Result<StepOutcome, DbError> {
     let write = Arc::new(SagaWrite::prepare(step)?);
     writer
         .run(move |conn| {

@@ -233,16 +233,11 @@ async fn run_batch(pool: &PgPool, batch: &mut [Box<dyn Job>]) -> Result<(), Batc
         .acquire()
         .await
         .map_err(|e| BatchError::Job(e.into()))?;
-    let mut tx = conn
-        .begin()
-        .await
-        .map_err(|e| BatchError::Job(e.into()))?;
+    let mut tx = conn.begin().await.map_err(|e| BatchError::Job(e.into()))?;
     for job in batch.iter_mut() {
         job.run(&mut tx).await.map_err(BatchError::Job)?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| BatchError::Commit(e.into()))
+    tx.commit().await.map_err(|e| BatchError::Commit(e.into()))
 }
 
 async fn run_alone(pool: &PgPool, job: &mut dyn Job) -> Result<(), DbError> {
