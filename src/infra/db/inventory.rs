@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::{OutboxMessage, Schema, claim_inbox, trace_headers, write_outbox};
+use super::messaging::{OutboxMessage, Schema, claim_inbox, reply_columns, write_outbox};
 use super::writer::Writer;
 use crate::domain::envelope::{
     Envelope, Payload, PricedLine, RejectReason, RejectedLine, ReserveStock, StockCommitted,
@@ -313,7 +313,8 @@ async fn reserve_in(
         total_minor,
         expires_at,
     };
-    let (id, kind, payload, headers) = reply_parts(ctx, &reserved);
+    let (id, kind, payload, headers) =
+        reply_columns(ctx.order_id, &reserved, ctx.traceparent.as_deref());
     // The rows are locked above: take the stock, record the reservation and reply at once.
     sqlx::query(
         "WITH take AS (
@@ -392,20 +393,6 @@ async fn existing_reservation(
     }))
 }
 
-/// The reply envelope of a command as bind parameters (id, type, payload, headers).
-fn reply_parts<P: Payload>(
-    ctx: &CommandContext,
-    payload: &P,
-) -> (Uuid, String, Vec<u8>, serde_json::Value) {
-    let envelope = Envelope::new(ctx.order_id, payload, Utc::now());
-    (
-        envelope.id,
-        envelope.kind.clone(),
-        envelope.encode(),
-        trace_headers(ctx.traceparent.as_deref()),
-    )
-}
-
 /// Runs one "claim the inbox, change, reply" statement whose parameters are: $1 consumer,
 /// $2 message id, $3 order id, $4-$8 the reply's id, topic, type, payload and headers. It must
 /// return `fresh` (the message was new) and `changed`. `None` for a duplicate.
@@ -415,7 +402,10 @@ async fn claim_change_reply<P: Payload>(
     reply: &P,
     sql: &'static str,
 ) -> Result<Option<bool>, DbError> {
-    let binds = Arc::new((ctx.clone(), reply_parts(ctx, reply)));
+    let binds = Arc::new((
+        ctx.clone(),
+        reply_columns(ctx.order_id, reply, ctx.traceparent.as_deref()),
+    ));
     writer
         .run(move |conn| {
             let binds = binds.clone();

@@ -71,6 +71,22 @@ impl OutboxColumns {
     }
 }
 
+/// The outbox columns of a reply to write with a statement's own binds: the new envelope's id,
+/// type, encoded bytes, and the headers carrying the trace context.
+pub fn reply_columns<P: crate::domain::envelope::Payload>(
+    order_id: crate::domain::ids::OrderId,
+    payload: &P,
+    traceparent: Option<&str>,
+) -> (Uuid, String, Vec<u8>, serde_json::Value) {
+    let envelope = Envelope::new(order_id, payload, chrono::Utc::now());
+    (
+        envelope.id,
+        envelope.kind.clone(),
+        envelope.encode(),
+        trace_headers(traceparent),
+    )
+}
+
 /// The JSON headers column of an outbox row: the trace context when there is one.
 pub fn trace_headers(traceparent: Option<&str>) -> serde_json::Value {
     let mut headers = serde_json::Map::new();

@@ -9,9 +9,9 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::trace_headers;
+use super::messaging::reply_columns;
 use super::writer::Writer;
-use crate::domain::envelope::{Envelope, Payload, topics};
+use crate::domain::envelope::{Payload, topics};
 use crate::domain::ids::OrderId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,21 +72,6 @@ pub struct Handling<'a> {
     pub traceparent: Option<String>,
 }
 
-/// The reply's outbox columns: id, type, payload, headers.
-fn reply_parts<P: Payload>(
-    h: &Handling<'_>,
-    order_id: OrderId,
-    payload: &P,
-) -> (Uuid, String, Vec<u8>, serde_json::Value) {
-    let envelope = Envelope::new(order_id, payload, Utc::now());
-    (
-        envelope.id,
-        envelope.kind.clone(),
-        envelope.encode(),
-        trace_headers(h.traceparent.as_deref()),
-    )
-}
-
 /// A decision's bind parameters.
 struct DecisionWrite {
     consumer: String,
@@ -123,7 +108,7 @@ pub async fn record_decision<P: Payload>(
         card_token: payment.card_token.to_owned(),
         provider_ref: payment.provider_ref.map(str::to_owned),
         decline_reason: payment.decline_reason.map(str::to_owned),
-        reply: reply_parts(h, payment.order_id, answer),
+        reply: reply_columns(payment.order_id, answer, h.traceparent.as_deref()),
     });
     writer
         .run(move |conn| {
@@ -183,7 +168,7 @@ pub async fn record_refund<P: Payload>(
         h.consumer.to_owned(),
         h.message_id,
         order_id.as_uuid(),
-        reply_parts(h, order_id, answer),
+        reply_columns(order_id, answer, h.traceparent.as_deref()),
     ));
     writer
         .run(move |conn| {
