@@ -17,7 +17,7 @@ use crate::api::{self, ApiContext};
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::db::writer::{WriterConfig, Writers};
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::outbox::{CommitPublisher, OutboxWakers};
 use crate::infra::payment_provider::{LocalCardNetwork, LocalNetworkRules, PaymentProvider};
 use crate::infra::{db, kafka, redis, s3};
 
@@ -75,9 +75,19 @@ impl App {
             // Not fatal: documents are stored later and readiness reports S3.
             tracing::warn!(error = %e, bucket = %config.s3.bucket, "bucket not ready");
         }
+        let on_commit = config.outbox.publish_on_commit.then(|| {
+            CommitPublisher::start(
+                &pool,
+                producer.clone(),
+                &config.kafka.topic_prefix,
+                Duration::from_millis(config.kafka.request_timeout_ms),
+                Duration::from_millis(config.outbox.failure_pause_ms),
+            )
+        });
         let writers = Writers::start(
             &pool,
             OutboxWakers::default(),
+            on_commit,
             WriterConfig {
                 writers: config.database.writers,
                 batch_max: config.database.batch_max,

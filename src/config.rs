@@ -184,6 +184,14 @@ pub struct OutboxConfig {
     pub batch_delay_ms: u64,
     /// Published rows are deleted after this long.
     pub retention_secs: u64,
+    /// Writers publish the rows of each batch right after its commit; the relay then only
+    /// sweeps rows left behind for `stale_after_ms`. Off: the relay publishes every row.
+    pub publish_on_commit: bool,
+    /// When publishing on commit, how old an unpublished row must be before the relay's poll
+    /// takes it (a process died before publishing it, or its publish failed).
+    pub stale_after_ms: u64,
+    /// After a failed publish on commit, how long the schema's rows go through the relay.
+    pub failure_pause_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -335,6 +343,9 @@ impl Default for OutboxConfig {
             poll_interval_ms: 500,
             batch_delay_ms: 2,
             retention_secs: 3_600,
+            publish_on_commit: true,
+            stale_after_ms: 1_000,
+            failure_pause_ms: 5_000,
         }
     }
 }
@@ -501,6 +512,14 @@ impl Config {
             &mut self.outbox.poll_interval_ms,
         )?;
         env.parse(
+            "ORDERFLOW_OUTBOX_PUBLISH_ON_COMMIT",
+            &mut self.outbox.publish_on_commit,
+        )?;
+        env.parse(
+            "ORDERFLOW_OUTBOX_STALE_AFTER_MS",
+            &mut self.outbox.stale_after_ms,
+        )?;
+        env.parse(
             "ORDERFLOW_SAGA_IDLE_TIMEOUT_MS",
             &mut self.saga.idle_timeout_ms,
         )?;
@@ -578,6 +597,19 @@ impl Config {
         if !(1..=10_000).contains(&self.outbox.batch_size) {
             return bad("outbox.batch_size must be between 1 and 10000");
         }
+        let shortest_deadline = self
+            .saga
+            .stock_timeout_ms
+            .min(self.saga.payment_timeout_ms)
+            .min(self.saga.release_timeout_ms);
+        let sweep_after = self.outbox.stale_after_ms + self.outbox.poll_interval_ms;
+        if self.outbox.publish_on_commit && sweep_after >= shortest_deadline {
+            // A command left behind by a crash must be swept out before a deadline can send
+            // its compensation, or the two could reach their topic in the wrong order.
+            return bad(
+                "outbox.stale_after_ms + outbox.poll_interval_ms must be shorter than every saga timeout",
+            );
+        }
         if self.inventory.workers == 0 || self.inventory.expiry_interval_ms == 0 {
             return bad("inventory.workers and inventory.expiry_interval_ms must be at least 1");
         }
@@ -613,6 +645,16 @@ impl Config {
 impl OutboxConfig {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// How old a row must be before a polling relay pass takes it: rows younger than this
+    /// are still being published by the writer that committed them.
+    pub fn sweep_min_age(&self) -> Duration {
+        if self.publish_on_commit {
+            Duration::from_millis(self.stale_after_ms)
+        } else {
+            Duration::ZERO
+        }
     }
 }
 
@@ -713,6 +755,9 @@ mod tests {
     fn validation_rejects_nonsense() {
         let mut c = Config::default();
         c.outbox.batch_size = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.outbox.stale_after_ms = c.saga.payment_timeout_ms;
         assert!(c.validate().is_err());
         assert!(Config::default().validate().is_ok());
     }

@@ -83,8 +83,15 @@ async fn stock(url: &str, sku: &str, on_hand: i64) {
 async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_once_after_restart()
 {
     let env = TestEnv::new().await;
-    // An intake-only process: orders commit with their outbox rows, nothing relays them yet.
-    let intake = ChildProcess::start(&env, "api", &[]).await;
+    // An intake-only process that leaves publishing to the relay (which only processes of the
+    // order service run): orders commit with their outbox rows and nothing publishes them —
+    // the window a crash between commit and publish leaves open, held open on purpose.
+    let intake = ChildProcess::start(
+        &env,
+        "api",
+        &[("ORDERFLOW_OUTBOX_PUBLISH_ON_COMMIT", "false")],
+    )
+    .await;
     let initial: HashMap<String, i64> =
         [("SKU-1".to_owned(), 30), ("SKU-2".to_owned(), 1_000)].into();
     for (sku, n) in &initial {

@@ -1,6 +1,7 @@
-//! The outbox relay actor: publishes committed outbox rows to Kafka. It is woken right after a
-//! commit (through a `Notify` the API holds) and polls as a fallback, so rows committed by a
-//! process that died are published too.
+//! The outbox relay actor: publishes committed outbox rows to Kafka. Woken by a writer (when
+//! rows are not published on commit), it publishes everything pending; its poll publishes rows
+//! older than `outbox.stale_after_ms` when writers publish on commit (everything otherwise), so
+//! rows committed by a process that died, or whose publish failed, are published too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +17,10 @@ use crate::infra::outbox::{self, OutboxTable};
 use crate::metrics as m;
 
 pub enum RelayMsg {
-    /// Publish everything pending (woken by a commit or the poll timer).
+    /// Publish everything pending (woken by a commit).
     Pass,
+    /// Publish what is pending for longer than the writers take to publish it (poll timer).
+    Sweep,
     /// Publish everything pending, then reply (shutdown).
     Flush(RpcReplyPort<usize>),
 }
@@ -57,15 +60,21 @@ impl Actor for OutboxRelay {
         let me = myself.clone();
         let waker = tokio::spawn(async move {
             loop {
-                if tokio::time::timeout(poll, wake.notified()).await.is_ok() && !gather.is_zero() {
-                    tokio::time::sleep(gather).await;
-                }
-                if me.cast(RelayMsg::Pass).is_err() {
+                let msg = match tokio::time::timeout(poll, wake.notified()).await {
+                    Ok(()) => {
+                        if !gather.is_zero() {
+                            tokio::time::sleep(gather).await;
+                        }
+                        RelayMsg::Pass
+                    }
+                    Err(_) => RelayMsg::Sweep,
+                };
+                if me.cast(msg).is_err() {
                     break;
                 }
             }
         });
-        myself.cast(RelayMsg::Pass)?;
+        myself.cast(RelayMsg::Sweep)?;
         Ok(RelayState {
             args,
             waker,
@@ -91,10 +100,14 @@ impl Actor for OutboxRelay {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RelayMsg::Pass => {
-                state.drain().await;
+                state.drain(Duration::ZERO).await;
+            }
+            RelayMsg::Sweep => {
+                let min_age = state.args.config.sweep_min_age();
+                state.drain(min_age).await;
             }
             RelayMsg::Flush(reply) => {
-                let n = state.drain().await;
+                let n = state.drain(Duration::ZERO).await;
                 let _ = reply.send(n);
             }
         }
@@ -105,7 +118,7 @@ impl Actor for OutboxRelay {
 impl RelayState {
     /// Publishes batches until none is full; returns how many rows went out. Failures are
     /// logged and counted; the rows stay pending and the next pass retries them.
-    async fn drain(&mut self) -> usize {
+    async fn drain(&mut self, min_age: Duration) -> usize {
         let schema = self.args.table.schema.name();
         let mut total = 0;
         loop {
@@ -114,6 +127,7 @@ impl RelayState {
                 &self.args.producer,
                 &self.args.table,
                 self.args.config.batch_size,
+                min_age,
                 self.args.publish_timeout,
             )
             .await;
@@ -124,7 +138,7 @@ impl RelayState {
                         self.failures = 0;
                     }
                     total += outcome.published;
-                    metrics::counter!(m::OUTBOX_PUBLISHED, "schema" => schema)
+                    metrics::counter!(m::OUTBOX_PUBLISHED, "schema" => schema, "via" => "relay")
                         .increment(outcome.published as u64);
                     if outcome.lock_busy || (outcome.published as i64) < self.args.config.batch_size
                     {
@@ -133,7 +147,7 @@ impl RelayState {
                 }
                 Err(e) => {
                     self.failures += 1;
-                    metrics::counter!(m::OUTBOX_PUBLISH_ERRORS, "schema" => schema).increment(1);
+                    metrics::counter!(m::OUTBOX_PUBLISH_ERRORS, "schema" => schema, "via" => "relay").increment(1);
                     // Log the first failure of a streak and then every 20th, not every poll.
                     if self.failures == 1 || self.failures.is_multiple_of(20) {
                         tracing::warn!(schema, error = %e, failures = self.failures, "outbox publish failed; rows stay pending");

@@ -265,7 +265,6 @@ impl RootState {
             }
             Child::SagaTimers => {
                 let args = TimerArgs {
-                    pool: a.pool.clone(),
                     interval: Duration::from_millis(a.config.saga.timer_interval_ms),
                     writers: a.writers.clone(),
                 };
@@ -276,7 +275,6 @@ impl RootState {
             }
             Child::ReservationSweeper => {
                 let args = SweeperArgs {
-                    pool: a.pool.clone(),
                     interval: Duration::from_millis(a.config.inventory.expiry_interval_ms),
                     writers: a.writers.clone(),
                 };

@@ -143,7 +143,7 @@ async fn cancel_order(
         .map(|t| t.child())
         .unwrap_or_else(TraceContext::new_root);
     match repo::request_cancel(
-        &ctx.pool,
+        ctx.writers.get(Schema::Orders),
         uuid,
         "customer_cancelled",
         Some(trace.to_header()),
@@ -151,7 +151,6 @@ async fn cancel_order(
     .await
     {
         Ok(status) => {
-            ctx.writers.wakers().wake(Schema::Orders);
             tracing::info!(order_id = %uuid, "cancel requested");
             let body =
                 serde_json::json!({"order_id": uuid, "status": status, "cancel": "requested"});

@@ -1,15 +1,23 @@
-//! The transactional outbox relay: publishes committed outbox rows to Kafka in id order, in
-//! batches, and marks them published in the same transaction that locked them. A crash between
-//! the publish and the commit republishes the batch (at-least-once; consumers deduplicate by
-//! message id). One relay per schema is active at a time (a transaction-scoped advisory lock),
-//! so rows of one key are never published out of order by two processes.
+//! Publishing the transactional outbox to Kafka, two ways.
+//!
+//! - [`CommitPublisher`]: a writer reads the rows its batch wrote just before COMMIT and hands
+//!   them to the producer right after it (the fast path, `outbox.publish_on_commit`).
+//! - The relay ([`relay_once`]): publishes committed rows in id order, in batches, and marks
+//!   them published in the same transaction that locked them. It takes what the fast path left:
+//!   rows of a process that died between commit and publish, rows whose publish failed, and
+//!   every row when publishing on commit is off. A crash between the publish and the commit
+//!   republishes the batch (at-least-once; consumers deduplicate by message id). One relay per
+//!   schema is active at a time (a transaction-scoped advisory lock).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::mpsc;
 
 use crate::infra::db::DbError;
 use crate::infra::db::messaging::Schema;
@@ -68,8 +76,10 @@ pub struct PassOutcome {
     pub lock_busy: bool,
 }
 
-struct Row_ {
-    id: i64,
+/// An outbox row as read for publishing.
+#[derive(Debug, Clone)]
+pub struct OutboxRecord {
+    pub id: i64,
     topic: String,
     key: String,
     payload: Vec<u8>,
@@ -78,54 +88,47 @@ struct Row_ {
     message_type: String,
 }
 
-/// Publishes up to `batch` unpublished rows and marks them. Returns how many were published.
-pub async fn relay_once(
-    pool: &PgPool,
-    producer: &FutureProducer,
-    table: &OutboxTable,
-    batch: i64,
-    timeout: Duration,
-) -> Result<PassOutcome, RelayError> {
-    let started = Instant::now();
-    let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock(hashtext($1))")
-        .bind(format!("orderflow.outbox.{}", table.schema.name()))
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-    if !locked {
-        tx.rollback().await?;
-        return Ok(PassOutcome {
-            published: 0,
-            lock_busy: true,
-        });
-    }
-    let rows = sqlx::query(table.schema.select_sql())
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(Row_ {
-                id: r.try_get("id")?,
-                topic: r.try_get("topic")?,
-                key: r.try_get("message_key")?,
-                payload: r.try_get("payload")?,
-                headers: r.try_get("headers")?,
-                message_id: r.try_get("message_id")?,
-                message_type: r.try_get("message_type")?,
-            })
+impl OutboxRecord {
+    fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(OutboxRecord {
+            id: r.try_get("id")?,
+            topic: r.try_get("topic")?,
+            key: r.try_get("message_key")?,
+            payload: r.try_get("payload")?,
+            headers: r.try_get("headers")?,
+            message_id: r.try_get("message_id")?,
+            message_type: r.try_get("message_type")?,
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    if rows.is_empty() {
-        tx.rollback().await?;
-        return Ok(PassOutcome::default());
     }
+}
 
-    // Enqueue the whole batch first (the producer batches per partition), then await acks.
-    let mut deliveries = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let topic = format!("{}{}", table.topic_prefix, row.topic);
+/// The unpublished rows that the transaction on `conn` wrote itself, with ids above `after`,
+/// in id order. Read just before COMMIT, so they can be published right after it.
+pub async fn own_rows(
+    conn: &mut PgConnection,
+    schema: Schema,
+    after: i64,
+) -> Result<Vec<OutboxRecord>, DbError> {
+    Ok(sqlx::query(schema.select_own_sql())
+        .bind(after)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(OutboxRecord::from_row)
+        .collect::<Result<_, _>>()?)
+}
+
+type Deliveries = Vec<(i64, rdkafka::producer::DeliveryFuture)>;
+
+/// Hands `records` to the producer in order (it batches per partition); the acks come later.
+fn enqueue(
+    producer: &FutureProducer,
+    topic_prefix: &str,
+    records: &[OutboxRecord],
+) -> Result<Deliveries, RelayError> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for row in records {
+        let topic = format!("{topic_prefix}{}", row.topic);
         let message_id = row.message_id.to_string();
         let mut headers = OwnedHeaders::new()
             .insert(Header {
@@ -160,6 +163,12 @@ pub async fn relay_once(
             }
         }
     }
+    Ok(deliveries)
+}
+
+/// Waits until the broker acknowledged every delivery; the ids in order when all were.
+async fn acks(deliveries: Deliveries, timeout: Duration) -> Result<Vec<i64>, RelayError> {
+    let first = deliveries.first().map(|(id, _)| *id).unwrap_or_default();
     let acks = tokio::time::timeout(
         timeout,
         join_all(
@@ -170,12 +179,13 @@ pub async fn relay_once(
     )
     .await
     .map_err(|_| RelayError::Publish {
-        id: rows[0].id,
+        id: first,
         message: format!("no acknowledgement within {timeout:?}"),
     })?;
+    let mut ids = Vec::with_capacity(acks.len());
     for (id, ack) in acks {
         match ack {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => ids.push(id),
             Ok(Err((e, _))) => {
                 return Err(RelayError::Publish {
                     id,
@@ -190,8 +200,45 @@ pub async fn relay_once(
             }
         }
     }
+    Ok(ids)
+}
 
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+/// Publishes up to `batch` unpublished rows written at least `min_age` ago, and marks them.
+pub async fn relay_once(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    table: &OutboxTable,
+    batch: i64,
+    min_age: Duration,
+    timeout: Duration,
+) -> Result<PassOutcome, RelayError> {
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+        .bind(format!("orderflow.outbox.{}", table.schema.name()))
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    if !locked {
+        tx.rollback().await?;
+        return Ok(PassOutcome {
+            published: 0,
+            lock_busy: true,
+        });
+    }
+    let rows = sqlx::query(table.schema.select_sql())
+        .bind(batch)
+        .bind(min_age.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(OutboxRecord::from_row)
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(PassOutcome::default());
+    }
+    let ids = acks(enqueue(producer, &table.topic_prefix, &rows)?, timeout).await?;
     sqlx::query(table.schema.mark_sql())
         .bind(&ids)
         .execute(&mut *tx)
@@ -203,6 +250,156 @@ pub async fn relay_once(
         published: rows.len(),
         lock_busy: false,
     })
+}
+
+/// Publishes the outbox rows of each writer batch right after its commit, so a message leaves
+/// one commit after the change that caused it instead of one relay pass later. The acks are
+/// awaited off the writer's path, and the acknowledged rows are marked by a background task per
+/// schema in bulk, on transactions that do not wait for the WAL flush: a mark lost in a crash
+/// only means the relay publishes that row again (consumers deduplicate by message id).
+///
+/// A failed publish pauses direct publishing of that schema for a while: its writers wake the
+/// relay instead, which publishes the failed rows and the new ones in id order.
+#[derive(Clone)]
+pub struct CommitPublisher {
+    producer: FutureProducer,
+    topic_prefix: Arc<str>,
+    ack_timeout: Duration,
+    pause: Duration,
+    lanes: Arc<[Lane; 3]>,
+}
+
+struct Lane {
+    marks: mpsc::UnboundedSender<Vec<i64>>,
+    paused_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl CommitPublisher {
+    /// Starts the mark tasks on `pool`; they end when the last clone is dropped.
+    pub fn start(
+        pool: &PgPool,
+        producer: FutureProducer,
+        topic_prefix: &str,
+        ack_timeout: Duration,
+        pause: Duration,
+    ) -> Self {
+        let lane = |schema: Schema| {
+            let (marks, rx) = mpsc::unbounded_channel();
+            tokio::spawn(mark_loop(pool.clone(), schema, rx));
+            Lane {
+                marks,
+                paused_until: std::sync::Mutex::new(None),
+            }
+        };
+        CommitPublisher {
+            producer,
+            topic_prefix: topic_prefix.into(),
+            ack_timeout,
+            pause,
+            lanes: Arc::new([
+                lane(Schema::Orders),
+                lane(Schema::Inventory),
+                lane(Schema::Payment),
+            ]),
+        }
+    }
+
+    fn lane(&self, schema: Schema) -> &Lane {
+        match schema {
+            Schema::Orders => &self.lanes[0],
+            Schema::Inventory => &self.lanes[1],
+            Schema::Payment => &self.lanes[2],
+        }
+    }
+
+    /// False while a recent failure leaves the schema's rows to the relay.
+    pub fn is_active(&self, schema: Schema) -> bool {
+        let mut paused = self
+            .lane(schema)
+            .paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match *paused {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                *paused = None;
+                tracing::info!(
+                    schema = schema.name(),
+                    "publishing on commit again after a failure"
+                );
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn fail(&self, schema: Schema, error: &RelayError) {
+        metrics::counter!(crate::metrics::OUTBOX_PUBLISH_ERRORS, "schema" => schema.name(), "via" => "commit")
+            .increment(1);
+        let mut paused = self
+            .lane(schema)
+            .paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if paused.is_none() {
+            tracing::warn!(schema = schema.name(), %error, pause = ?self.pause, "publish on commit failed; the relay takes over for a while");
+        }
+        *paused = Some(Instant::now() + self.pause);
+    }
+
+    /// Hands the committed `records` (in id order) to the producer now; awaits their acks and
+    /// marks them in the background. Rows that fail stay unpublished for the relay.
+    pub fn publish(&self, schema: Schema, records: Vec<OutboxRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let deliveries = match enqueue(&self.producer, &self.topic_prefix, &records) {
+            Ok(d) => d,
+            Err(e) => return self.fail(schema, &e),
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            match acks(deliveries, this.ack_timeout).await {
+                Ok(ids) => {
+                    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED, "schema" => schema.name(), "via" => "commit")
+                        .increment(ids.len() as u64);
+                    // The receiver is gone only when the process is stopping; the relay's
+                    // final flush publishes unmarked rows again.
+                    let _ = this.lane(schema).marks.send(ids);
+                }
+                Err(e) => this.fail(schema, &e),
+            }
+        });
+    }
+}
+
+/// Marks acknowledged rows published, many publishes per statement.
+async fn mark_loop(pool: PgPool, schema: Schema, mut rx: mpsc::UnboundedReceiver<Vec<i64>>) {
+    while let Some(mut ids) = rx.recv().await {
+        while ids.len() < 10_000 {
+            match rx.try_recv() {
+                Ok(more) => ids.extend(more),
+                Err(_) => break,
+            }
+        }
+        let marked = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(schema.mark_sql())
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = marked {
+            // Left unmarked, the rows are published again by the relay: duplicates the
+            // consumers' inboxes absorb, never a loss.
+            tracing::warn!(schema = schema.name(), rows = ids.len(), error = %e, "marking published rows failed");
+        }
+    }
 }
 
 /// Deletes published rows older than `retention`.

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sqlx::PgPool;
 
 use crate::infra::db::inventory as repo;
 use crate::infra::db::messaging::Schema;
@@ -16,9 +15,8 @@ pub enum SweepMsg {
 }
 
 pub struct SweeperArgs {
-    pub pool: PgPool,
     pub interval: Duration,
-    /// Woken after each sweep that released something (its replies are in the outbox).
+    /// The sweep runs as a job of the inventory writer.
     pub writers: Writers,
 }
 
@@ -44,11 +42,10 @@ impl Actor for ExpirySweeper {
         _msg: SweepMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match repo::expire_due(&state.pool, 500).await {
+        match repo::expire_due(state.writers.get(Schema::Inventory), 500).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(released = n, "expired reservations released");
-                state.writers.wakers().wake(Schema::Inventory);
             }
             Err(e) => tracing::warn!(error = %e, "reservation sweep failed; retrying next tick"),
         }

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sqlx::PgPool;
 
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::orders as repo;
@@ -17,7 +16,6 @@ pub enum TimerMsg {
 }
 
 pub struct TimerArgs {
-    pub pool: PgPool,
     pub interval: Duration,
     pub writers: Writers,
 }
@@ -44,11 +42,10 @@ impl Actor for SagaTimers {
         _msg: TimerMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match repo::announce_due_timeouts(&state.pool, 500).await {
+        match repo::announce_due_timeouts(state.writers.get(Schema::Orders), 500).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(timeouts = n, "saga deadlines passed");
-                state.writers.wakers().wake(Schema::Orders);
             }
             Err(e) => tracing::warn!(error = %e, "saga timer sweep failed; retrying next tick"),
         }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
@@ -469,13 +469,13 @@ pub async fn release(
     })
 }
 
-async fn release_in(tx: &mut Transaction<'_, Postgres>, order: Uuid) -> Result<bool, DbError> {
+async fn release_in(conn: &mut PgConnection, order: Uuid) -> Result<bool, DbError> {
     let changed = sqlx::query(
         "UPDATE inventory.reservations SET status = 'RELEASED', updated_at = now()
          WHERE order_id = $1 AND status = 'RESERVED'",
     )
     .bind(order)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected()
         == 1;
@@ -485,7 +485,7 @@ async fn release_in(tx: &mut Transaction<'_, Postgres>, order: Uuid) -> Result<b
              FROM inventory.reservation_lines l WHERE l.order_id = $1 AND p.sku = l.sku",
         )
         .bind(order)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     }
     Ok(changed)
@@ -522,22 +522,28 @@ pub async fn commit(writer: &Writer, ctx: &CommandContext) -> Result<CommandOutc
 }
 
 /// Releases reservations past their expiry (at most `limit`), replying `StockReleased` with
-/// reason `expired` for each. Returns how many were released.
-pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<usize, DbError> {
-    let mut tx = pool.begin().await?;
+/// reason `expired` for each, in the next batch of the inventory writer. Returns how many were
+/// released.
+pub async fn expire_due(writer: &Writer, limit: i64) -> Result<usize, DbError> {
+    writer
+        .run(move |conn| Box::pin(expire_due_in(conn, limit)))
+        .await
+}
+
+async fn expire_due_in(conn: &mut PgConnection, limit: i64) -> Result<usize, DbError> {
     let due: Vec<Uuid> = sqlx::query(
         "SELECT order_id FROM inventory.reservations
          WHERE status = 'RESERVED' AND expires_at < now()
          ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(|r| r.try_get("order_id"))
     .collect::<Result<_, _>>()?;
     for order in &due {
-        if release_in(&mut tx, *order).await? {
+        if release_in(conn, *order).await? {
             let ctx = CommandContext {
                 consumer: "inventory-expiry",
                 message_id: Uuid::now_v7(),
@@ -545,7 +551,7 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<usize, DbError> {
                 traceparent: None,
             };
             reply(
-                &mut tx,
+                conn,
                 &ctx,
                 &StockReleased {
                     reason: "expired".into(),
@@ -554,6 +560,5 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<usize, DbError> {
             .await?;
         }
     }
-    tx.commit().await?;
     Ok(due.len())
 }

@@ -118,6 +118,7 @@ struct Statements {
     insert_outbox: &'static str,
     claim_inbox: &'static str,
     select_unpublished: &'static str,
+    select_own: &'static str,
     mark_published: &'static str,
     purge_published: &'static str,
     count_unpublished: &'static str,
@@ -142,7 +143,18 @@ macro_rules! statements {
             select_unpublished: concat!(
                 "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
                 $schema,
-                ".outbox WHERE published_at IS NULL ORDER BY id LIMIT $1"
+                ".outbox WHERE published_at IS NULL ",
+                "AND created_at <= now() - make_interval(secs => $2) ORDER BY id LIMIT $1"
+            ),
+            // The rows the current transaction wrote (`xmin` is the writing transaction; jobs
+            // never open savepoints, whose rows would carry a subtransaction id), above the
+            // writer's previous batch: sequence values only grow, so the partial index is read
+            // from there on instead of over every unpublished row.
+            select_own: concat!(
+                "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
+                $schema,
+                ".outbox WHERE published_at IS NULL AND id > $1 ",
+                "AND xmin = pg_current_xact_id_if_assigned()::xid ORDER BY id"
             ),
             mark_published: concat!(
                 "UPDATE ",
@@ -199,6 +211,10 @@ impl Schema {
         self.statements().select_unpublished
     }
 
+    pub(crate) fn select_own_sql(&self) -> &'static str {
+        self.statements().select_own
+    }
+
     pub(crate) fn mark_sql(&self) -> &'static str {
         self.statements().mark_published
     }
@@ -225,6 +241,7 @@ mod tests {
                 s.insert_outbox,
                 s.claim_inbox,
                 s.select_unpublished,
+                s.select_own,
                 s.mark_published,
                 s.purge_published,
                 s.count_unpublished,

@@ -408,8 +408,13 @@ impl SagaWrite {
 
 /// Announces every saga deadline that passed (at most `limit`) as a `SagaTimeout` on
 /// `order.events`, once per deadline. Returns how many were announced.
-pub async fn announce_due_timeouts(pool: &PgPool, limit: i64) -> Result<usize, DbError> {
-    let mut tx = pool.begin().await?;
+pub async fn announce_due_timeouts(writer: &Writer, limit: i64) -> Result<usize, DbError> {
+    writer
+        .run(move |conn| Box::pin(announce_due_timeouts_in(conn, limit)))
+        .await
+}
+
+async fn announce_due_timeouts_in(conn: &mut PgConnection, limit: i64) -> Result<usize, DbError> {
     let due = sqlx::query(
         "UPDATE orders.saga_state SET timeout_sent = true
          WHERE order_id IN (
@@ -419,7 +424,7 @@ pub async fn announce_due_timeouts(pool: &PgPool, limit: i64) -> Result<usize, D
          RETURNING order_id, status, version",
     )
     .bind(limit)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     for row in &due {
         let order_id: Uuid = row.try_get("order_id")?;
@@ -429,7 +434,7 @@ pub async fn announce_due_timeouts(pool: &PgPool, limit: i64) -> Result<usize, D
         };
         let envelope = Envelope::new(OrderId::from_uuid(order_id), &timeout, Utc::now());
         write_outbox(
-            &mut tx,
+            conn,
             Schema::Orders,
             &OutboxMessage {
                 topic: topics::ORDER_EVENTS,
@@ -439,7 +444,6 @@ pub async fn announce_due_timeouts(pool: &PgPool, limit: i64) -> Result<usize, D
         )
         .await?;
     }
-    tx.commit().await?;
     Ok(due.len())
 }
 
@@ -456,34 +460,48 @@ pub enum CancelError {
 
 /// Queues a `CancelRequested` for the order's saga, if the order is not final yet.
 pub async fn request_cancel(
-    pool: &PgPool,
+    writer: &Writer,
     order_id: Uuid,
     reason: &str,
     traceparent: Option<String>,
 ) -> Result<OrderStatus, CancelError> {
-    let mut tx = pool.begin().await.map_err(DbError::from)?;
-    let row = sqlx::query("SELECT status FROM orders.orders WHERE id = $1 FOR UPDATE")
+    let reason = reason.to_owned();
+    writer
+        .run(move |conn| {
+            let (reason, traceparent) = (reason.clone(), traceparent.clone());
+            Box::pin(async move { request_cancel_in(conn, order_id, reason, traceparent).await })
+        })
+        .await?
+}
+
+/// The cancel request's statements; a refusal commits nothing of this job.
+async fn request_cancel_in(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    reason: String,
+    traceparent: Option<String>,
+) -> Result<Result<OrderStatus, CancelError>, DbError> {
+    let Some(row) = sqlx::query("SELECT status FROM orders.orders WHERE id = $1 FOR UPDATE")
         .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(DbError::from)?
-        .ok_or(CancelError::NotFound(order_id))?;
-    let status: String = row.try_get("status").map_err(DbError::from)?;
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(Err(CancelError::NotFound(order_id)));
+    };
+    let status: String = row.try_get("status")?;
     let status: OrderStatus = status
         .parse()
         .map_err(|()| DbError::Corrupt(format!("unknown order status {status:?}")))?;
     if status.is_terminal() {
-        return Err(CancelError::Final(order_id, status));
+        return Ok(Err(CancelError::Final(order_id, status)));
     }
     let envelope = Envelope::new(
         OrderId::from_uuid(order_id),
-        &CancelRequested {
-            reason: reason.to_owned(),
-        },
+        &CancelRequested { reason },
         Utc::now(),
     );
     write_outbox(
-        &mut tx,
+        conn,
         Schema::Orders,
         &OutboxMessage {
             topic: topics::ORDER_EVENTS,
@@ -492,6 +510,5 @@ pub async fn request_cancel(
         },
     )
     .await?;
-    tx.commit().await.map_err(DbError::from)?;
-    Ok(status)
+    Ok(Ok(status))
 }

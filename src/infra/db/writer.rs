@@ -5,8 +5,10 @@
 //! takes every job that is queued (up to `database.batch_max`), runs them one after another in
 //! **one** transaction and commits once, then answers each job. Under load the batch grows by
 //! itself (jobs queue while the previous batch commits); when idle a job runs at once, so there
-//! is no timer to wait for. A commit (and its WAL flush) is shared by the whole batch, and the
-//! schema's outbox relay is woken once per batch.
+//! is no timer to wait for. A commit (and its WAL flush) is shared by the whole batch. The
+//! outbox rows the batch wrote are read just before COMMIT and handed to the Kafka producer
+//! right after it ([`CommitPublisher`]); without a publisher (or while it is paused by a
+//! failure) the schema's outbox relay is woken once per batch instead.
 //!
 //! A job is all-or-nothing within the batch: when one fails, the batch is rolled back and each
 //! of its jobs runs again alone, so one bad message never fails the others. A job may therefore
@@ -20,7 +22,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::DbError;
 use super::messaging::Schema;
-use crate::infra::outbox::OutboxWakers;
+use crate::infra::outbox::{self, CommitPublisher, OutboxRecord, OutboxWakers};
 use crate::metrics as m;
 
 /// What a job runs: its statements on the batch's connection, inside the batch's transaction.
@@ -98,6 +100,30 @@ pub struct Writers {
     wakers: OutboxWakers,
 }
 
+/// Where a writer's committed outbox rows go.
+#[derive(Clone)]
+struct Publish {
+    schema: Schema,
+    wakers: OutboxWakers,
+    on_commit: Option<CommitPublisher>,
+}
+
+impl Publish {
+    fn direct(&self) -> bool {
+        self.on_commit
+            .as_ref()
+            .is_some_and(|p| p.is_active(self.schema))
+    }
+
+    /// After a commit: publish the rows read before it, or wake the relay.
+    fn committed(&self, records: Vec<OutboxRecord>, direct: bool) {
+        match &self.on_commit {
+            Some(p) if direct => p.publish(self.schema, records),
+            _ => self.wakers.wake(self.schema),
+        }
+    }
+}
+
 /// How the writer tasks batch.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
@@ -109,8 +135,14 @@ pub struct WriterConfig {
 
 impl Writers {
     /// Starts the writer tasks of every schema on `pool`. They stop when the last `Writers`
-    /// clone is dropped, after finishing what was queued.
-    pub fn start(pool: &PgPool, wakers: OutboxWakers, config: WriterConfig) -> Self {
+    /// clone is dropped, after finishing what was queued. With `on_commit`, committed outbox
+    /// rows are published at once; without, the relay is woken.
+    pub fn start(
+        pool: &PgPool,
+        wakers: OutboxWakers,
+        on_commit: Option<CommitPublisher>,
+        config: WriterConfig,
+    ) -> Self {
         let writer = |schema: Schema| {
             // Reservations lock product rows one job after another: two inventory batches in
             // one process could lock the same skus in opposite orders, so inventory has a
@@ -126,9 +158,12 @@ impl Writers {
                 tokio::spawn(write_loop(
                     pool.clone(),
                     rx.clone(),
-                    schema,
                     config.batch_max.max(1),
-                    wakers.clone(),
+                    Publish {
+                        schema,
+                        wakers: wakers.clone(),
+                        on_commit: on_commit.clone(),
+                    },
                 ));
             }
             Writer { schema, jobs: tx }
@@ -158,10 +193,12 @@ impl Writers {
 async fn write_loop(
     pool: PgPool,
     jobs: Arc<Mutex<mpsc::Receiver<Box<dyn Job>>>>,
-    schema: Schema,
     batch_max: usize,
-    wakers: OutboxWakers,
+    publish: Publish,
 ) {
+    let schema = publish.schema;
+    // The highest outbox id this task has read back: its next batch's rows are all above it.
+    let mut floor = 0_i64;
     loop {
         let mut batch = {
             let mut rx = jobs.lock().await;
@@ -181,16 +218,23 @@ async fn write_loop(
         let started = std::time::Instant::now();
         metrics::histogram!(m::WRITER_BATCH_JOBS, "schema" => schema.name())
             .record(batch.len() as f64);
-        match run_batch(&pool, &mut batch).await {
-            Ok(()) => {
-                wakers.wake(schema);
+        let mut attempt = Attempt {
+            pool: &pool,
+            schema,
+            direct: publish.direct(),
+            floor: &mut floor,
+        };
+        match attempt.batch(&mut batch).await {
+            Ok(records) => {
+                publish.committed(records, attempt.direct);
                 for job in batch {
                     job.answer(Ok(()));
                 }
             }
             Err(BatchError::Commit(e)) => {
                 // Whether the commit happened is unknown: every job is told it failed, and
-                // its message is redelivered and deduplicated by the inbox.
+                // its message is redelivered and deduplicated by the inbox. Rows that did
+                // commit are left to the relay.
                 tracing::warn!(schema = schema.name(), error = %e, jobs = batch.len(), "batch commit failed");
                 let text = e.to_string();
                 for job in batch {
@@ -205,14 +249,14 @@ async fn write_loop(
             Err(BatchError::Job(e)) => {
                 tracing::debug!(schema = schema.name(), error = %e, jobs = batch.len(), "a job failed its batch; running each alone");
                 metrics::counter!(m::WRITER_SPLITS, "schema" => schema.name()).increment(1);
-                let mut committed_any = false;
                 for mut job in batch {
-                    let result = run_alone(&pool, job.as_mut()).await;
-                    committed_any |= result.is_ok();
-                    job.answer(result);
-                }
-                if committed_any {
-                    wakers.wake(schema);
+                    match attempt.alone(job.as_mut()).await {
+                        Ok(records) => {
+                            publish.committed(records, attempt.direct);
+                            job.answer(Ok(()));
+                        }
+                        Err(e) => job.answer(Err(e)),
+                    }
                 }
             }
         }
@@ -228,21 +272,50 @@ enum BatchError {
     Commit(DbError),
 }
 
-async fn run_batch(pool: &PgPool, batch: &mut [Box<dyn Job>]) -> Result<(), BatchError> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(|e| BatchError::Job(e.into()))?;
-    let mut tx = conn.begin().await.map_err(|e| BatchError::Job(e.into()))?;
-    for job in batch.iter_mut() {
-        job.run(&mut tx).await.map_err(BatchError::Job)?;
-    }
-    tx.commit().await.map_err(|e| BatchError::Commit(e.into()))
+/// One batch's transactions (the batch, then each job alone if one failed).
+struct Attempt<'a> {
+    pool: &'a PgPool,
+    schema: Schema,
+    /// Read the outbox rows back before COMMIT, to publish them after it.
+    direct: bool,
+    floor: &'a mut i64,
 }
 
-async fn run_alone(pool: &PgPool, job: &mut dyn Job) -> Result<(), DbError> {
-    let mut tx = pool.begin().await?;
-    job.run(&mut tx).await?;
-    tx.commit().await?;
-    Ok(())
+impl Attempt<'_> {
+    /// Reads back the rows the transaction wrote, when they are to be published directly.
+    async fn own_rows(&mut self, conn: &mut PgConnection) -> Result<Vec<OutboxRecord>, DbError> {
+        if !self.direct {
+            return Ok(Vec::new());
+        }
+        let rows = outbox::own_rows(conn, self.schema, *self.floor).await?;
+        if let Some(last) = rows.last() {
+            *self.floor = (*self.floor).max(last.id);
+        }
+        Ok(rows)
+    }
+
+    async fn batch(&mut self, batch: &mut [Box<dyn Job>]) -> Result<Vec<OutboxRecord>, BatchError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| BatchError::Job(e.into()))?;
+        let mut tx = conn.begin().await.map_err(|e| BatchError::Job(e.into()))?;
+        for job in batch.iter_mut() {
+            job.run(&mut tx).await.map_err(BatchError::Job)?;
+        }
+        let records = self.own_rows(&mut tx).await.map_err(BatchError::Job)?;
+        tx.commit()
+            .await
+            .map_err(|e| BatchError::Commit(e.into()))?;
+        Ok(records)
+    }
+
+    async fn alone(&mut self, job: &mut dyn Job) -> Result<Vec<OutboxRecord>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        job.run(&mut tx).await?;
+        let records = self.own_rows(&mut tx).await?;
+        tx.commit().await?;
+        Ok(records)
+    }
 }
