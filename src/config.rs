@@ -182,8 +182,6 @@ pub struct OutboxConfig {
     /// After a wake-up, how long the relay lets more commits gather before it publishes: a
     /// little latency for fewer, larger batches under load.
     pub batch_delay_ms: u64,
-    /// Published rows are deleted after this long.
-    pub retention_secs: u64,
     /// Writers publish the rows of each batch right after its commit; the relay then only
     /// sweeps rows left behind for `stale_after_ms`. Off: the relay publishes every row.
     pub publish_on_commit: bool,
@@ -342,7 +340,6 @@ impl Default for OutboxConfig {
             batch_size: 500,
             poll_interval_ms: 500,
             batch_delay_ms: 2,
-            retention_secs: 3_600,
             publish_on_commit: true,
             stale_after_ms: 1_000,
             failure_pause_ms: 5_000,

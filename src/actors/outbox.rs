@@ -4,7 +4,7 @@
 //! rows committed by a process that died, or whose publish failed, are published too.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdkafka::producer::FutureProducer;
@@ -37,7 +37,6 @@ pub struct RelayArgs {
 pub struct RelayState {
     args: RelayArgs,
     waker: JoinHandle<()>,
-    last_purge: Instant,
     failures: u32,
 }
 
@@ -78,7 +77,6 @@ impl Actor for OutboxRelay {
         Ok(RelayState {
             args,
             waker,
-            last_purge: Instant::now(),
             failures: 0,
         })
     }
@@ -154,15 +152,6 @@ impl RelayState {
                     }
                     break;
                 }
-            }
-        }
-        let retention = Duration::from_secs(self.args.config.retention_secs);
-        if self.last_purge.elapsed() > Duration::from_secs(60) {
-            self.last_purge = Instant::now();
-            match outbox::purge(&self.args.pool, &self.args.table, retention).await {
-                Ok(n) if n > 0 => tracing::debug!(schema, rows = n, "purged published outbox rows"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(schema, error = %e, "outbox purge failed"),
             }
         }
         total

@@ -2,8 +2,8 @@
 //!
 //! - [`CommitPublisher`]: a writer reads the rows its batch wrote just before COMMIT and hands
 //!   them to the producer right after it (the fast path, `outbox.publish_on_commit`).
-//! - The relay ([`relay_once`]): publishes committed rows in id order, in batches, and marks
-//!   them published in the same transaction that locked them. It takes what the fast path left:
+//! - The relay ([`relay_once`]): publishes committed rows in id order, in batches, and deletes
+//!   them in the same transaction that locked them. It takes what the fast path left:
 //!   rows of a process that died between commit and publish, rows whose publish failed, and
 //!   every row when publishing on commit is off. A crash between the publish and the commit
 //!   republishes the batch (at-least-once; consumers deduplicate by message id). One relay per
@@ -203,7 +203,7 @@ async fn acks(deliveries: Deliveries, timeout: Duration) -> Result<Vec<i64>, Rel
     Ok(ids)
 }
 
-/// Publishes up to `batch` unpublished rows written at least `min_age` ago, and marks them.
+/// Publishes up to `batch` rows written at least `min_age` ago, and deletes them.
 pub async fn relay_once(
     pool: &PgPool,
     producer: &FutureProducer,
@@ -239,7 +239,7 @@ pub async fn relay_once(
         return Ok(PassOutcome::default());
     }
     let ids = acks(enqueue(producer, &table.topic_prefix, &rows)?, timeout).await?;
-    sqlx::query(table.schema.mark_sql())
+    sqlx::query(table.schema.delete_published_sql())
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
@@ -254,8 +254,8 @@ pub async fn relay_once(
 
 /// Publishes the outbox rows of each writer batch right after its commit, so a message leaves
 /// one commit after the change that caused it instead of one relay pass later. The acks are
-/// awaited off the writer's path, and the acknowledged rows are marked by a background task per
-/// schema in bulk, on transactions that do not wait for the WAL flush: a mark lost in a crash
+/// awaited off the writer's path, and the acknowledged rows are deleted by a background task per
+/// schema in bulk, on transactions that do not wait for the WAL flush: a delete lost in a crash
 /// only means the relay publishes that row again (consumers deduplicate by message id).
 ///
 /// A failed publish pauses direct publishing of that schema for a while: its writers wake the
@@ -270,12 +270,12 @@ pub struct CommitPublisher {
 }
 
 struct Lane {
-    marks: mpsc::UnboundedSender<Vec<i64>>,
+    published: mpsc::UnboundedSender<Vec<i64>>,
     paused_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl CommitPublisher {
-    /// Starts the mark tasks on `pool`; they end when the last clone is dropped.
+    /// Starts the delete tasks on `pool`; they end when the last clone is dropped.
     pub fn start(
         pool: &PgPool,
         producer: FutureProducer,
@@ -283,11 +283,22 @@ impl CommitPublisher {
         ack_timeout: Duration,
         pause: Duration,
     ) -> Self {
+        // Deletes do not wait for the WAL flush (a lost one means a republish), so they run
+        // as single statements on connections of their own with `synchronous_commit` off.
+        let options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        let deleters = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(3)
+            .min_connections(0)
+            .connect_lazy_with(options);
         let lane = |schema: Schema| {
-            let (marks, rx) = mpsc::unbounded_channel();
-            tokio::spawn(mark_loop(pool.clone(), schema, rx));
+            let (published, rx) = mpsc::unbounded_channel();
+            tokio::spawn(delete_loop(deleters.clone(), schema, rx));
             Lane {
-                marks,
+                published,
                 paused_until: std::sync::Mutex::new(None),
             }
         };
@@ -348,7 +359,7 @@ impl CommitPublisher {
     }
 
     /// Hands the committed `records` (in id order) to the producer now; awaits their acks and
-    /// marks them in the background. Rows that fail stay unpublished for the relay.
+    /// deletes them in the background. Rows that fail stay unpublished for the relay.
     pub fn publish(&self, schema: Schema, records: Vec<OutboxRecord>) {
         if records.is_empty() {
             return;
@@ -364,8 +375,8 @@ impl CommitPublisher {
                     metrics::counter!(crate::metrics::OUTBOX_PUBLISHED, "schema" => schema.name(), "via" => "commit")
                         .increment(ids.len() as u64);
                     // The receiver is gone only when the process is stopping; the relay's
-                    // final flush publishes unmarked rows again.
-                    let _ = this.lane(schema).marks.send(ids);
+                    // final flush publishes rows still there again.
+                    let _ = this.lane(schema).published.send(ids);
                 }
                 Err(e) => this.fail(schema, &e),
             }
@@ -373,8 +384,9 @@ impl CommitPublisher {
     }
 }
 
-/// Marks acknowledged rows published, many publishes per statement.
-async fn mark_loop(pool: PgPool, schema: Schema, mut rx: mpsc::UnboundedReceiver<Vec<i64>>) {
+/// Deletes acknowledged rows, many publishes per statement, on a pool whose connections do
+/// not wait for the WAL flush.
+async fn delete_loop(pool: PgPool, schema: Schema, mut rx: mpsc::UnboundedReceiver<Vec<i64>>) {
     while let Some(mut ids) = rx.recv().await {
         while ids.len() < 10_000 {
             match rx.try_recv() {
@@ -382,38 +394,16 @@ async fn mark_loop(pool: PgPool, schema: Schema, mut rx: mpsc::UnboundedReceiver
                 Err(_) => break,
             }
         }
-        let marked = async {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(schema.mark_sql())
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = marked {
-            // Left unmarked, the rows are published again by the relay: duplicates the
+        let deleted = sqlx::query(schema.delete_published_sql())
+            .bind(&ids)
+            .execute(&pool)
+            .await;
+        if let Err(e) = deleted {
+            // Left behind, the rows are published again by the relay: duplicates the
             // consumers' inboxes absorb, never a loss.
-            tracing::warn!(schema = schema.name(), rows = ids.len(), error = %e, "marking published rows failed");
+            tracing::warn!(schema = schema.name(), rows = ids.len(), error = %e, "deleting published rows failed");
         }
     }
-}
-
-/// Deletes published rows older than `retention`.
-pub async fn purge(
-    pool: &PgPool,
-    table: &OutboxTable,
-    retention: Duration,
-) -> Result<u64, RelayError> {
-    let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    Ok(sqlx::query(table.schema.purge_sql())
-        .bind(secs as f64)
-        .execute(pool)
-        .await?
-        .rows_affected())
 }
 
 /// Rows not yet published (for tests and the operator).

@@ -1,5 +1,6 @@
 //! Handles the inventory commands: each runs in one transaction with its inbox row and its
-//! reply, so a redelivered command has no second effect.
+//! reply, so a redelivered command has no second effect. Reservations are decided in groups
+//! (`infra::db::reserve`); releases and commits are one statement each.
 
 use async_trait::async_trait;
 
@@ -9,21 +10,27 @@ use crate::config::Config;
 use crate::domain::envelope::{CommitStock, Envelope, ReleaseStock, ReserveStock};
 use crate::infra::db::inventory::{self as repo, CommandContext, CommandOutcome};
 use crate::infra::db::messaging::Schema;
+use crate::infra::db::reserve::Reservations;
 use crate::infra::db::writer::Writers;
 
 /// The inbox consumer name of the inventory command handler.
 pub const CONSUMER: &str = "inventory-commands";
 
 pub struct InventoryHandler {
-    reservation_ttl: chrono::Duration,
+    reservations: Reservations,
     writers: Writers,
 }
 
 impl InventoryHandler {
     pub fn new(config: &Config, writers: Writers) -> Self {
         let secs = i64::try_from(config.inventory.reservation_ttl_secs).unwrap_or(i64::MAX);
+        let reservations = Reservations::start(
+            writers.get(Schema::Inventory).clone(),
+            chrono::Duration::seconds(secs),
+            config.database.batch_max,
+        );
         Self {
-            reservation_ttl: chrono::Duration::seconds(secs),
+            reservations,
             writers,
         }
     }
@@ -41,13 +48,7 @@ impl CommandHandler for InventoryHandler {
         let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
         let outcome = if envelope.is::<ReserveStock>() {
             let command = envelope.payload_as::<ReserveStock>().map_err(poison)?;
-            repo::reserve(
-                self.writers.get(Schema::Inventory),
-                &ctx,
-                &command,
-                self.reservation_ttl,
-            )
-            .await
+            self.reservations.reserve(&ctx, &command).await
         } else if envelope.is::<ReleaseStock>() {
             let command = envelope.payload_as::<ReleaseStock>().map_err(poison)?;
             repo::release(self.writers.get(Schema::Inventory), &ctx, &command.reason).await

@@ -119,6 +119,10 @@ impl Actor for OrderSaga {
                 let _ = reply.send(result);
                 if state.is_terminal() {
                     myself.stop(Some("terminal".into()));
+                } else if state.loaded.is_none() {
+                    // Nothing was loaded (an announcement after the end, or a failed load):
+                    // nothing to keep in memory.
+                    myself.stop(Some("nothing loaded".into()));
                 }
             }
             SagaMsg::IdleCheck => {
@@ -139,6 +143,15 @@ enum Meaning {
     /// publishes itself or does not wait for.
     Nothing,
 }
+
+/// Messages the saga publishes itself or never waits for: they mean nothing in any state, so
+/// the saga does not even load its state for them.
+const NOT_WAITED_FOR: [&str; 4] = [
+    OrderConfirmed::TYPE,
+    OrderCancelled::TYPE,
+    crate::domain::envelope::StockCommitted::TYPE,
+    crate::domain::envelope::PaymentRefunded::TYPE,
+];
 
 fn decode<P: Payload>(envelope: &Envelope) -> Result<P, HandleError> {
     envelope
@@ -197,16 +210,7 @@ fn meaning(envelope: &Envelope, version: Option<i32>) -> Result<Meaning, HandleE
             }
             SagaEvent::TimedOut { status }
         }
-        k if [
-            OrderConfirmed::TYPE,
-            OrderCancelled::TYPE,
-            crate::domain::envelope::StockCommitted::TYPE,
-            crate::domain::envelope::PaymentRefunded::TYPE,
-        ]
-        .contains(&k) =>
-        {
-            return Ok(Meaning::Nothing);
-        }
+        k if NOT_WAITED_FOR.contains(&k) => return Ok(Meaning::Nothing),
         other => {
             return Err(HandleError::Poison(format!(
                 "the order saga does not handle {other} messages"
@@ -239,6 +243,9 @@ impl SagaActorState {
     }
 
     async fn handle(&mut self, envelope: &Envelope, traceparent: Option<String>) -> HandleResult {
+        if NOT_WAITED_FOR.contains(&envelope.kind.as_str()) {
+            return Ok(Handled::Ignored);
+        }
         if self.assume_new && self.loaded.is_none() && envelope.is::<OrderPlaced>() {
             self.loaded = Some((SagaState::new(), None));
         }

@@ -119,8 +119,7 @@ struct Statements {
     claim_inbox: &'static str,
     select_unpublished: &'static str,
     select_own: &'static str,
-    mark_published: &'static str,
-    purge_published: &'static str,
+    delete_published: &'static str,
     count_unpublished: &'static str,
 }
 
@@ -143,35 +142,22 @@ macro_rules! statements {
             select_unpublished: concat!(
                 "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
                 $schema,
-                ".outbox WHERE published_at IS NULL ",
-                "AND created_at <= now() - make_interval(secs => $2) ORDER BY id LIMIT $1"
+                ".outbox WHERE created_at <= now() - make_interval(secs => $2) ",
+                "ORDER BY id LIMIT $1"
             ),
             // The rows the current transaction wrote (`xmin` is the writing transaction; jobs
             // never open savepoints, whose rows would carry a subtransaction id), above the
-            // writer's previous batch: sequence values only grow, so the partial index is read
+            // writer's previous batch: sequence values only grow, so the primary key is read
             // from there on instead of over every unpublished row.
             select_own: concat!(
                 "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
                 $schema,
-                ".outbox WHERE published_at IS NULL AND id > $1 ",
+                ".outbox WHERE id > $1 ",
                 "AND xmin = pg_current_xact_id_if_assigned()::xid ORDER BY id"
             ),
-            mark_published: concat!(
-                "UPDATE ",
-                $schema,
-                ".outbox SET published_at = now() WHERE id = ANY($1)"
-            ),
-            purge_published: concat!(
-                "DELETE FROM ",
-                $schema,
-                ".outbox WHERE published_at IS NOT NULL ",
-                "AND published_at < now() - make_interval(secs => $1)"
-            ),
-            count_unpublished: concat!(
-                "SELECT count(*) FROM ",
-                $schema,
-                ".outbox WHERE published_at IS NULL"
-            ),
+            // Published rows leave the outbox: Kafka holds the message from then on.
+            delete_published: concat!("DELETE FROM ", $schema, ".outbox WHERE id = ANY($1)"),
+            count_unpublished: concat!("SELECT count(*) FROM ", $schema, ".outbox"),
         }
     };
 }
@@ -215,12 +201,8 @@ impl Schema {
         self.statements().select_own
     }
 
-    pub(crate) fn mark_sql(&self) -> &'static str {
-        self.statements().mark_published
-    }
-
-    pub(crate) fn purge_sql(&self) -> &'static str {
-        self.statements().purge_published
+    pub(crate) fn delete_published_sql(&self) -> &'static str {
+        self.statements().delete_published
     }
 
     pub(crate) fn pending_sql(&self) -> &'static str {
@@ -242,8 +224,7 @@ mod tests {
                 s.claim_inbox,
                 s.select_unpublished,
                 s.select_own,
-                s.mark_published,
-                s.purge_published,
+                s.delete_published,
                 s.count_unpublished,
             ] {
                 assert!(sql.contains(&name), "{sql}");

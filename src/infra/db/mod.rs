@@ -4,6 +4,7 @@ pub mod inventory;
 pub mod messaging;
 pub mod orders;
 pub mod payment;
+pub mod reserve;
 pub mod writer;
 
 use std::time::Duration;
