@@ -147,6 +147,11 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Producer batching delay.
     pub linger_ms: u64,
+    /// Consumers: the broker answers a fetch once this many bytes are there, or after
+    /// `fetch_wait_max_ms`. More bytes mean fewer, larger fetches under load and a little
+    /// latency when idle.
+    pub fetch_min_bytes: u32,
+    pub fetch_wait_max_ms: u64,
     pub request_timeout_ms: u64,
     pub session_timeout_ms: u64,
 }
@@ -305,6 +310,8 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             linger_ms: 2,
+            fetch_min_bytes: 8_192,
+            fetch_wait_max_ms: 5,
             request_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
         }
@@ -491,6 +498,14 @@ impl Config {
             &mut self.kafka.replication_factor,
         )?;
         env.parse("ORDERFLOW_KAFKA_LINGER_MS", &mut self.kafka.linger_ms)?;
+        env.parse(
+            "ORDERFLOW_KAFKA_FETCH_MIN_BYTES",
+            &mut self.kafka.fetch_min_bytes,
+        )?;
+        env.parse(
+            "ORDERFLOW_KAFKA_FETCH_WAIT_MAX_MS",
+            &mut self.kafka.fetch_wait_max_ms,
+        )?;
         env.secret_url("ORDERFLOW_REDIS_URL", &mut self.redis.url);
         env.string("ORDERFLOW_S3_ENDPOINT", &mut self.s3.endpoint);
         env.string("ORDERFLOW_S3_REGION", &mut self.s3.region);

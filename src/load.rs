@@ -329,7 +329,11 @@ async fn terminal_events(config: &Config) -> Result<StreamConsumer, LoadError> {
         )
         .set("auto.offset.reset", "latest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
+        .set(
+            "fetch.wait.max.ms",
+            config.kafka.fetch_wait_max_ms.to_string(),
+        )
+        .set("fetch.min.bytes", config.kafka.fetch_min_bytes.to_string())
         .create()
         .map_err(setup)?;
     consumer.subscribe(&[&topic]).map_err(setup)?;

@@ -153,7 +153,11 @@ fn events_consumer(config: &Config) -> Result<StreamConsumer, ActorProcessingErr
             format!("{}status-hub", config.kafka.group_prefix),
         )
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
+        .set(
+            "fetch.wait.max.ms",
+            config.kafka.fetch_wait_max_ms.to_string(),
+        )
+        .set("fetch.min.bytes", config.kafka.fetch_min_bytes.to_string())
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for logical in [

@@ -114,7 +114,8 @@ pub fn consumer(
             "heartbeat.interval.ms",
             (config.session_timeout_ms / 4).to_string(),
         )
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
         .create_with_context(BridgeContext { events: tx })?;
     Ok((consumer, rx))
 }
