@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -118,6 +118,16 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         loop {
             match consumer.recv().await {
                 Ok(msg) => {
+                    // Only the outcomes matter: skip the other events by their type header
+                    // before decoding anything.
+                    let kind = msg.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == "message-type")
+                            .and_then(|h| h.value)
+                    });
+                    if !matches!(kind, Some(b"OrderConfirmed" | b"OrderCancelled")) {
+                        continue;
+                    }
                     let Some(env) = msg.payload().and_then(|p| Envelope::decode(p).ok()) else {
                         continue;
                     };

@@ -2,8 +2,8 @@
 //! topics from Kafka (every partition, from the end, no consumer group), not in-process state,
 //! so a client connected to one process sees orders that other processes handle.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -52,6 +52,9 @@ pub enum HubMsg {
 
 pub struct HubState {
     subscribers: HashMap<Uuid, Vec<(u64, mpsc::Sender<StatusEvent>)>>,
+    /// The orders someone watches, shared with the consume task: it decodes and forwards only
+    /// their events, and skips every other record by its key.
+    watched: Arc<RwLock<HashSet<Uuid>>>,
     consume: JoinHandle<()>,
 }
 
@@ -76,10 +79,25 @@ impl Actor for StatusHub {
         // Metadata lookups block: keep them off the async workers.
         let cfg = config.clone();
         let consumer = tokio::task::spawn_blocking(move || events_consumer(&cfg)).await??;
+        let watched: Arc<RwLock<HashSet<Uuid>>> = Arc::default();
+        let watching = watched.clone();
         let consume = tokio::spawn(async move {
             loop {
                 match consumer.recv().await {
                     Ok(msg) => {
+                        let key = msg
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .and_then(|k| Uuid::try_parse(k).ok());
+                        let watched = |k: Uuid| {
+                            watching
+                                .read()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .contains(&k)
+                        };
+                        if !key.is_some_and(watched) {
+                            continue;
+                        }
                         let Some(env) = msg.payload().and_then(|p| Envelope::decode(p).ok()) else {
                             continue;
                         };
@@ -102,6 +120,7 @@ impl Actor for StatusHub {
         });
         Ok(HubState {
             subscribers: HashMap::new(),
+            watched,
             consume,
         })
     }
@@ -117,16 +136,23 @@ impl Actor for StatusHub {
                 order_id,
                 id,
                 sender,
-            } => state
-                .subscribers
-                .entry(order_id)
-                .or_default()
-                .push((id, sender)),
+            } => {
+                state
+                    .watched
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(order_id);
+                state
+                    .subscribers
+                    .entry(order_id)
+                    .or_default()
+                    .push((id, sender));
+            }
             HubMsg::Unsubscribe { order_id, id } => {
                 if let Some(subs) = state.subscribers.get_mut(&order_id) {
                     subs.retain(|(i, _)| *i != id);
                     if subs.is_empty() {
-                        state.subscribers.remove(&order_id);
+                        state.forget(order_id);
                     }
                 }
             }
@@ -135,12 +161,22 @@ impl Actor for StatusHub {
                     // A full or closed channel drops that subscriber: memory stays bounded.
                     subs.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
                     if subs.is_empty() {
-                        state.subscribers.remove(&event.order_id);
+                        state.forget(event.order_id);
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl HubState {
+    fn forget(&mut self, order_id: Uuid) {
+        self.subscribers.remove(&order_id);
+        self.watched
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&order_id);
     }
 }
 

@@ -102,15 +102,18 @@ impl OutboxRecord {
     }
 }
 
-/// The unpublished rows that the transaction on `conn` wrote itself, with ids above `after`,
-/// in id order. Read just before COMMIT, so they can be published right after it.
+/// The outbox rows with these message ids, in id order: read just before COMMIT by the writer
+/// whose jobs noted them, so they can be published right after it.
 pub async fn own_rows(
     conn: &mut PgConnection,
     schema: Schema,
-    after: i64,
+    message_ids: &[uuid::Uuid],
 ) -> Result<Vec<OutboxRecord>, DbError> {
+    if message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     Ok(sqlx::query(schema.select_own_sql())
-        .bind(after)
+        .bind(message_ids)
         .fetch_all(conn)
         .await?
         .iter()
@@ -384,10 +387,17 @@ impl CommitPublisher {
     }
 }
 
+/// How long the delete task gathers acknowledged ids before deleting them.
+const DELETE_GATHER: Duration = Duration::from_millis(100);
+
 /// Deletes acknowledged rows, many publishes per statement, on a pool whose connections do
 /// not wait for the WAL flush.
 async fn delete_loop(pool: PgPool, schema: Schema, mut rx: mpsc::UnboundedReceiver<Vec<i64>>) {
     while let Some(mut ids) = rx.recv().await {
+        // Acks arrive batch by batch; gathering them a moment makes one statement of many
+        // publishes. The rows are long gone from the sweeper's view (it takes rows older than
+        // `outbox.stale_after_ms`), so the wait costs nothing.
+        tokio::time::sleep(DELETE_GATHER).await;
         while ids.len() < 10_000 {
             match rx.try_recv() {
                 Ok(more) => ids.extend(more),

@@ -90,6 +90,15 @@ impl Router for SagaRouter {
             .payload
             .as_deref()
             .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
+        if record
+            .header("message-type")
+            .is_some_and(|kind| super::saga::NOT_WAITED_FOR.contains(&kind))
+        {
+            // An announcement the saga never waits for: no saga is woken for it.
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Ok(crate::actors::bridge::Handled::Ignored));
+            return Ok(rx);
+        }
         let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
         let saga = self.saga(envelope.order_id.as_uuid()).await?;
         let (tx, rx) = oneshot::channel();

@@ -146,7 +146,7 @@ enum Meaning {
 
 /// Messages the saga publishes itself or never waits for: they mean nothing in any state, so
 /// the saga does not even load its state for them.
-const NOT_WAITED_FOR: [&str; 4] = [
+pub(crate) const NOT_WAITED_FOR: [&str; 4] = [
     OrderConfirmed::TYPE,
     OrderCancelled::TYPE,
     crate::domain::envelope::StockCommitted::TYPE,

@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::{OutboxMessage, Schema, reply_columns, write_outbox};
+use super::messaging::{OutboxMessage, Schema, note_outbox, reply_columns, write_outbox};
 use super::writer::Writer;
 use crate::domain::envelope::{
     Envelope, Payload, RejectedLine, StockCommitted, StockReleased, topics,
@@ -219,6 +219,7 @@ async fn claim_change_reply<P: Payload>(
             let binds = binds.clone();
             Box::pin(async move {
                 let (ctx, (id, kind, payload, headers)) = &*binds;
+                note_outbox(std::slice::from_ref(id));
                 let row = sqlx::query(sql)
                     .bind(ctx.consumer)
                     .bind(ctx.message_id)

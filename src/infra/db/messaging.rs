@@ -25,12 +25,35 @@ pub struct OutboxMessage<'a> {
     pub traceparent: Option<String>,
 }
 
+tokio::task_local! {
+    /// The outbox message ids the jobs of the running writer batch may have inserted.
+    static NOTED: std::cell::RefCell<Vec<Uuid>>;
+}
+
+/// Notes that the running job may have inserted outbox rows with these message ids, so its
+/// writer publishes them right after the commit. Outside a writer batch it does nothing; a row
+/// that is not noted is published by the relay's sweep instead (later, never lost).
+pub fn note_outbox(ids: &[Uuid]) {
+    let _ = NOTED.try_with(|n| n.borrow_mut().extend_from_slice(ids));
+}
+
+/// Runs `f` and returns its output with the message ids noted while it ran.
+pub(crate) async fn noting<F: std::future::Future>(f: F) -> (F::Output, Vec<Uuid>) {
+    NOTED
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let out = f.await;
+            (out, NOTED.with(|n| n.take()))
+        })
+        .await
+}
+
 /// Writes `message` to the schema's outbox inside `tx`.
 pub async fn write_outbox(
     conn: &mut PgConnection,
     schema: Schema,
     message: &OutboxMessage<'_>,
 ) -> Result<(), DbError> {
+    note_outbox(&[message.envelope.id]);
     sqlx::query(schema.insert_outbox_sql())
         .bind(message.envelope.id)
         .bind(message.topic)
@@ -145,15 +168,13 @@ macro_rules! statements {
                 ".outbox WHERE created_at <= now() - make_interval(secs => $2) ",
                 "ORDER BY id LIMIT $1"
             ),
-            // The rows the current transaction wrote (`xmin` is the writing transaction; jobs
-            // never open savepoints, whose rows would carry a subtransaction id), above the
-            // writer's previous batch: sequence values only grow, so the primary key is read
-            // from there on instead of over every unpublished row.
+            // The rows among the given message ids: those the jobs of a batch noted, found
+            // through the unique index (the ones a job's statement chose not to insert are
+            // simply not there).
             select_own: concat!(
                 "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
                 $schema,
-                ".outbox WHERE id > $1 ",
-                "AND xmin = pg_current_xact_id_if_assigned()::xid ORDER BY id"
+                ".outbox WHERE message_id = ANY($1) ORDER BY id"
             ),
             // Published rows leave the outbox: Kafka holds the message from then on.
             delete_published: concat!("DELETE FROM ", $schema, ".outbox WHERE id = ANY($1)"),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::DbError;
 pub use super::messaging::OutboxMessage;
-use super::messaging::{OutboxColumns, Schema, write_outbox};
+use super::messaging::{OutboxColumns, Schema, note_outbox, write_outbox};
 use super::writer::Writer;
 use crate::domain::envelope::{CancelRequested, Envelope, SagaTimeout, topics};
 use crate::domain::ids::OrderId;
@@ -116,6 +116,7 @@ impl IntakeWrite {
     /// One statement: the order, its lines and its outbox row.
     async fn execute(&self, conn: &mut PgConnection) -> Result<(), DbError> {
         let o = &self.outbox;
+        note_outbox(&o.ids);
         sqlx::query(
             "WITH o AS (
                  INSERT INTO orders.orders
@@ -343,6 +344,7 @@ impl SagaWrite {
 
     async fn execute(&self, conn: &mut PgConnection) -> Result<StepOutcome, DbError> {
         let o = &self.outbox;
+        note_outbox(&o.ids);
         let row = sqlx::query(
             "WITH fresh AS (
                  SELECT NOT EXISTS (SELECT 1 FROM orders.inbox WHERE consumer = $6 AND message_id = $7) AS ok

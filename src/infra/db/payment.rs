@@ -9,7 +9,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::reply_columns;
+use super::messaging::{note_outbox, reply_columns};
 use super::writer::Writer;
 use crate::domain::envelope::{Payload, topics};
 use crate::domain::ids::OrderId;
@@ -115,6 +115,7 @@ pub async fn record_decision<P: Payload>(
             let w = w.clone();
             Box::pin(async move {
                 let (id, kind, payload, headers) = &w.reply;
+                note_outbox(std::slice::from_ref(id));
                 // One statement: the inbox claim gates the payment row and the reply.
                 let fresh: bool = sqlx::query(
                     "WITH claim AS (
@@ -175,6 +176,7 @@ pub async fn record_refund<P: Payload>(
             let w = w.clone();
             Box::pin(async move {
                 let (consumer, message_id, order, (id, kind, payload, headers)) = &*w;
+                note_outbox(std::slice::from_ref(id));
                 let fresh: bool = sqlx::query(
                     "WITH claim AS (
                          INSERT INTO payment.inbox (consumer, message_id) VALUES ($1, $2)

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use super::inventory::{CommandContext, CommandOutcome};
-use super::messaging::reply_columns;
+use super::messaging::{note_outbox, reply_columns};
 use super::writer::Writer;
 use crate::domain::envelope::{
     PricedLine, RejectReason, RejectedLine, ReserveStock, StockRejected, StockReserved, topics,
@@ -132,6 +132,7 @@ impl GroupWrite {
     fn reply<P: crate::domain::envelope::Payload>(&mut self, ctx: &CommandContext, payload: &P) {
         let (id, kind, bytes, headers) =
             reply_columns(ctx.order_id, payload, ctx.traceparent.as_deref());
+        note_outbox(&[id]);
         self.reply_ids.push(id);
         self.reply_keys.push(ctx.order_id.to_string());
         self.reply_kinds.push(kind);

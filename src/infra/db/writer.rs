@@ -21,7 +21,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::DbError;
-use super::messaging::Schema;
+use super::messaging::{self, Schema};
 use crate::infra::outbox::{self, CommitPublisher, OutboxRecord, OutboxWakers};
 use crate::metrics as m;
 
@@ -197,8 +197,6 @@ async fn write_loop(
     publish: Publish,
 ) {
     let schema = publish.schema;
-    // The highest outbox id this task has read back: its next batch's rows are all above it.
-    let mut floor = 0_i64;
     loop {
         let mut batch = {
             let mut rx = jobs.lock().await;
@@ -222,7 +220,6 @@ async fn write_loop(
             pool: &pool,
             schema,
             direct: publish.direct(),
-            floor: &mut floor,
         };
         match attempt.batch(&mut batch).await {
             Ok(records) => {
@@ -278,20 +275,28 @@ struct Attempt<'a> {
     schema: Schema,
     /// Read the outbox rows back before COMMIT, to publish them after it.
     direct: bool,
-    floor: &'a mut i64,
 }
 
 impl Attempt<'_> {
-    /// Reads back the rows the transaction wrote, when they are to be published directly.
-    async fn own_rows(&mut self, conn: &mut PgConnection) -> Result<Vec<OutboxRecord>, DbError> {
+    /// Runs `jobs` on `conn`, then reads back the outbox rows they noted when those are to be
+    /// published directly.
+    async fn run_jobs(
+        &self,
+        conn: &mut PgConnection,
+        jobs: &mut [&mut (dyn Job + 'static)],
+    ) -> Result<Vec<OutboxRecord>, DbError> {
+        let (ran, noted) = messaging::noting(async {
+            for job in jobs.iter_mut() {
+                job.run(&mut *conn).await?;
+            }
+            Ok::<_, DbError>(())
+        })
+        .await;
+        ran?;
         if !self.direct {
             return Ok(Vec::new());
         }
-        let rows = outbox::own_rows(conn, self.schema, *self.floor).await?;
-        if let Some(last) = rows.last() {
-            *self.floor = (*self.floor).max(last.id);
-        }
-        Ok(rows)
+        outbox::own_rows(conn, self.schema, &noted).await
     }
 
     async fn batch(&mut self, batch: &mut [Box<dyn Job>]) -> Result<Vec<OutboxRecord>, BatchError> {
@@ -301,20 +306,21 @@ impl Attempt<'_> {
             .await
             .map_err(|e| BatchError::Job(e.into()))?;
         let mut tx = conn.begin().await.map_err(|e| BatchError::Job(e.into()))?;
-        for job in batch.iter_mut() {
-            job.run(&mut tx).await.map_err(BatchError::Job)?;
-        }
-        let records = self.own_rows(&mut tx).await.map_err(BatchError::Job)?;
+        let mut jobs: Vec<&mut (dyn Job + 'static)> =
+            batch.iter_mut().map(|j| j.as_mut()).collect();
+        let records = self
+            .run_jobs(&mut tx, &mut jobs)
+            .await
+            .map_err(BatchError::Job)?;
         tx.commit()
             .await
             .map_err(|e| BatchError::Commit(e.into()))?;
         Ok(records)
     }
 
-    async fn alone(&mut self, job: &mut dyn Job) -> Result<Vec<OutboxRecord>, DbError> {
+    async fn alone(&mut self, job: &mut (dyn Job + 'static)) -> Result<Vec<OutboxRecord>, DbError> {
         let mut tx = self.pool.begin().await?;
-        job.run(&mut tx).await?;
-        let records = self.own_rows(&mut tx).await?;
+        let records = self.run_jobs(&mut tx, &mut [job]).await?;
         tx.commit().await?;
         Ok(records)
     }
