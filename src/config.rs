@@ -311,7 +311,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             linger_ms: 2,
             fetch_min_bytes: 8_192,
-            fetch_wait_max_ms: 5,
+            fetch_wait_max_ms: 10,
             request_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
         }
