@@ -58,6 +58,8 @@ async fn poison_and_exhausted_records_are_dead_lettered_listed_and_replayed() {
         &OrderConfirmed {
             total_minor: 1,
             currency: eur,
+            customer_id: None,
+            lines: Vec::new(),
         },
         Utc::now(),
     );

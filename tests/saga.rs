@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use orderflow::actors::Service;
+use orderflow::domain::envelope::topics;
 use serde_json::{Value, json};
 use support::{TestApp, TestEnv, eventually};
 
@@ -95,6 +96,39 @@ async fn happy_path_confirms_sells_the_stock_and_keeps_the_payment() {
         (b["on_hand"] == 9 && b["reserved"] == 0).then_some(())
     })
     .await;
+    // The announcement carries what an invoice needs: the buyer and the priced, named lines.
+    let events = support::read_topic(&env.config, topics::ORDER_EVENTS, WAIT, |seen| {
+        seen.iter().any(|s| s.envelope.kind == "OrderConfirmed")
+    })
+    .await;
+    let confirmed = events
+        .iter()
+        .find(|s| s.envelope.kind == "OrderConfirmed")
+        .map(|s| s.envelope.payload.clone())
+        .unwrap_or_default();
+    assert_eq!(confirmed["customer_id"], "saga-customer");
+    assert_eq!(confirmed["total_minor"], 3_990 + 2 * 1_250);
+    let lines: Vec<(String, String, u64, i64)> = confirmed["lines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|l| {
+            (
+                l["sku"].as_str().unwrap_or_default().to_owned(),
+                l["name"].as_str().unwrap_or_default().to_owned(),
+                l["quantity"].as_u64().unwrap_or_default(),
+                l["unit_price_minor"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("BOOK".into(), "Product BOOK".into(), 1, 3_990),
+            ("MUG".into(), "Product MUG".into(), 2, 1_250),
+        ]
+    );
     clean(&env, &[("BOOK".into(), 10), ("MUG".into(), 10)].into()).await;
     app.app.shutdown().await;
     env.cleanup().await;

@@ -167,6 +167,12 @@ impl Payload for SagaTimeout {
 pub struct OrderConfirmed {
     pub total_minor: i64,
     pub currency: Currency,
+    /// Who bought, and what at which price: enough for an invoice without asking another
+    /// service (absent in messages of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
+    #[serde(default)]
+    pub lines: Vec<PricedLine>,
 }
 
 impl Payload for OrderConfirmed {
@@ -201,6 +207,9 @@ impl Payload for ReserveStock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PricedLine {
     pub sku: String,
+    /// The product's name when it was reserved (absent in messages of earlier releases).
+    #[serde(default)]
+    pub name: String,
     pub quantity: u32,
     pub unit_price_minor: i64,
 }

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::envelope::{AuthorizePayment, ReserveStock};
+use super::envelope::{AuthorizePayment, PricedLine, ReserveStock};
 use super::ids::CustomerId;
 use super::money::Currency;
 use super::order::{OrderLine, OrderStatus};
@@ -75,6 +75,9 @@ pub struct SagaData {
     pub card_token: Option<String>,
     /// The amount to charge, known once stock is reserved.
     pub amount_minor: Option<i64>,
+    /// The reserved lines with their names and prices (for the invoice).
+    #[serde(default)]
+    pub priced_lines: Vec<PricedLine>,
     /// Why the order is being cancelled (set when compensation starts).
     pub cancel_reason: Option<String>,
 }
@@ -112,6 +115,7 @@ pub enum SagaEvent {
     },
     StockReserved {
         total_minor: i64,
+        lines: Vec<PricedLine>,
     },
     StockRejected {
         reason: String,
@@ -144,6 +148,8 @@ pub enum Outcome {
     Confirmed {
         total_minor: i64,
         currency: Currency,
+        customer_id: Option<CustomerId>,
+        lines: Vec<PricedLine>,
     },
     Cancelled {
         reason: String,
@@ -264,6 +270,7 @@ pub fn apply(state: &SagaState, event: &SagaEvent) -> Transition {
                 lines: lines.clone(),
                 card_token: Some(card_token.clone()),
                 amount_minor: None,
+                priced_lines: Vec::new(),
                 cancel_reason: None,
             };
             let reserve = SagaCommand::ReserveStock(ReserveStock {
@@ -281,13 +288,14 @@ pub fn apply(state: &SagaState, event: &SagaEvent) -> Transition {
         // A cancel before anything happened: nothing to compensate.
         (S::New, E::CancelRequested { reason }) => cancelled(state, reason.clone()),
 
-        (S::Reserving, E::StockReserved { total_minor }) => {
+        (S::Reserving, E::StockReserved { total_minor, lines }) => {
             let (Some(currency), Some(card_token)) = (state.data.currency, &state.data.card_token)
             else {
                 return compensate(state, "saga data incomplete", false);
             };
             let mut data = state.data.clone();
             data.amount_minor = Some(*total_minor);
+            data.priced_lines = lines.clone();
             let authorize = SagaCommand::AuthorizePayment(AuthorizePayment {
                 amount_minor: *total_minor,
                 currency,
@@ -325,6 +333,8 @@ pub fn apply(state: &SagaState, event: &SagaEvent) -> Transition {
                     SagaCommand::Complete(Outcome::Confirmed {
                         total_minor,
                         currency,
+                        customer_id: state.data.customer_id.clone(),
+                        lines: state.data.priced_lines.clone(),
                     }),
                 ],
                 None,
@@ -430,7 +440,10 @@ mod tests {
     fn happy_path_confirms_and_commits_stock() {
         let (state, commands) = run(&[
             placed(),
-            SagaEvent::StockReserved { total_minor: 500 },
+            SagaEvent::StockReserved {
+                total_minor: 500,
+                lines: vec![],
+            },
             SagaEvent::PaymentAuthorized,
         ]);
         assert_eq!(state.status, SagaStatus::Confirmed);
@@ -461,7 +474,10 @@ mod tests {
     fn declined_payment_releases_stock_then_cancels() {
         let (state, commands) = run(&[
             placed(),
-            SagaEvent::StockReserved { total_minor: 500 },
+            SagaEvent::StockReserved {
+                total_minor: 500,
+                lines: vec![],
+            },
             SagaEvent::PaymentDeclined {
                 reason: "card_declined".into(),
             },
@@ -482,7 +498,10 @@ mod tests {
     fn payment_timeout_refunds_and_releases() {
         let (state, commands) = run(&[
             placed(),
-            SagaEvent::StockReserved { total_minor: 500 },
+            SagaEvent::StockReserved {
+                total_minor: 500,
+                lines: vec![],
+            },
             SagaEvent::TimedOut {
                 status: SagaStatus::Authorizing,
             },
@@ -503,7 +522,10 @@ mod tests {
             SagaEvent::CancelRequested {
                 reason: "customer".into(),
             },
-            SagaEvent::StockReserved { total_minor: 1 }, // queued before the release: ignored
+            SagaEvent::StockReserved {
+                total_minor: 1,
+                lines: vec![],
+            }, // queued before the release: ignored
             SagaEvent::StockReleased,
         ]);
         assert_eq!(s.status, SagaStatus::Cancelled);
@@ -511,7 +533,10 @@ mod tests {
 
         let (s, c) = run(&[
             placed(),
-            SagaEvent::StockReserved { total_minor: 1 },
+            SagaEvent::StockReserved {
+                total_minor: 1,
+                lines: vec![],
+            },
             SagaEvent::CancelRequested {
                 reason: "customer".into(),
             },
@@ -528,7 +553,10 @@ mod tests {
     fn terminal_states_ignore_everything_but_a_late_authorization() {
         let (confirmed, _) = run(&[
             placed(),
-            SagaEvent::StockReserved { total_minor: 1 },
+            SagaEvent::StockReserved {
+                total_minor: 1,
+                lines: vec![],
+            },
             SagaEvent::PaymentAuthorized,
         ]);
         for e in [
@@ -548,7 +576,13 @@ mod tests {
 
     #[test]
     fn stale_timeouts_change_nothing() {
-        let (authorizing, _) = run(&[placed(), SagaEvent::StockReserved { total_minor: 1 }]);
+        let (authorizing, _) = run(&[
+            placed(),
+            SagaEvent::StockReserved {
+                total_minor: 1,
+                lines: vec![],
+            },
+        ]);
         let stale = apply(
             &authorizing,
             &SagaEvent::TimedOut {
@@ -562,7 +596,13 @@ mod tests {
     fn every_non_terminal_state_has_a_deadline_and_terminal_ones_none() {
         let t = apply(&SagaState::new(), &placed());
         assert_eq!(t.deadline, Some(Deadline::Stock));
-        let t = apply(&t.state, &SagaEvent::StockReserved { total_minor: 1 });
+        let t = apply(
+            &t.state,
+            &SagaEvent::StockReserved {
+                total_minor: 1,
+                lines: vec![],
+            },
+        );
         assert_eq!(t.deadline, Some(Deadline::Payment));
         let t2 = apply(&t.state, &SagaEvent::PaymentDeclined { reason: "x".into() });
         assert_eq!(t2.deadline, Some(Deadline::Release));

@@ -173,9 +173,13 @@ fn meaning(envelope: &Envelope, version: Option<i32>) -> Result<Meaning, HandleE
                     .unwrap_or_else(|| DEFAULT_CARD_TOKEN.to_owned()),
             }
         }
-        k if k == StockReserved::TYPE => SagaEvent::StockReserved {
-            total_minor: decode::<StockReserved>(envelope)?.total_minor,
-        },
+        k if k == StockReserved::TYPE => {
+            let p: StockReserved = decode(envelope)?;
+            SagaEvent::StockReserved {
+                total_minor: p.total_minor,
+                lines: p.lines,
+            }
+        }
         k if k == StockRejected::TYPE => {
             let p: StockRejected = decode(envelope)?;
             let lines: Vec<String> = p
@@ -373,6 +377,8 @@ impl SagaActorState {
                 SagaCommand::Complete(Outcome::Confirmed {
                     total_minor,
                     currency,
+                    customer_id,
+                    lines,
                 }) => (
                     topics::ORDER_EVENTS,
                     Envelope::new(
@@ -380,6 +386,8 @@ impl SagaActorState {
                         &OrderConfirmed {
                             total_minor: *total_minor,
                             currency: *currency,
+                            customer_id: customer_id.clone(),
+                            lines: lines.clone(),
                         },
                         now,
                     ),

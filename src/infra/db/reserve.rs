@@ -142,6 +142,7 @@ impl GroupWrite {
 }
 
 struct Stock {
+    name: String,
     unit_price_minor: i64,
     currency: String,
     available: i64,
@@ -186,7 +187,7 @@ async fn reserve_all(
     if !skus.is_empty() {
         // Lock every product of the group in sku order: groups queue per sku, never deadlock.
         for r in sqlx::query(
-            "SELECT sku, unit_price_minor, currency, on_hand - reserved AS available
+            "SELECT sku, name, unit_price_minor, currency, on_hand - reserved AS available
              FROM inventory.products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
         )
         .bind(&skus)
@@ -197,6 +198,7 @@ async fn reserve_all(
             stock.insert(
                 r.try_get("sku")?,
                 Stock {
+                    name: r.try_get("name")?,
                     unit_price_minor: r.try_get("unit_price_minor")?,
                     currency: r.try_get("currency")?,
                     available: i64::from(available),
@@ -326,11 +328,12 @@ fn decide(
             Some(s) if s.available < asked[line.sku.as_str()] => {
                 Err((Some(s.available), RejectReason::InsufficientStock))
             }
-            Some(s) => Ok(s.unit_price_minor),
+            Some(s) => Ok((s.name.clone(), s.unit_price_minor)),
         };
         match verdict {
-            Ok(price) => priced.push(PricedLine {
+            Ok((name, price)) => priced.push(PricedLine {
                 sku: line.sku.to_string(),
+                name,
                 quantity: line.quantity,
                 unit_price_minor: price,
             }),
@@ -362,7 +365,7 @@ async fn existing_reservations(
         return Ok(HashMap::new());
     }
     let rows = sqlx::query(
-        "SELECT r.order_id, r.expires_at, l.sku, l.quantity, l.unit_price_minor, p.currency
+        "SELECT r.order_id, r.expires_at, l.sku, p.name, l.quantity, l.unit_price_minor, p.currency
          FROM inventory.reservations r
          JOIN inventory.reservation_lines l USING (order_id)
          JOIN inventory.products p USING (sku)
@@ -380,6 +383,7 @@ async fn existing_reservations(
         let quantity: i32 = row.try_get("quantity")?;
         let line = PricedLine {
             sku: row.try_get("sku")?,
+            name: row.try_get("name")?,
             quantity: u32::try_from(quantity).unwrap_or(0),
             unit_price_minor: row.try_get("unit_price_minor")?,
         };
@@ -417,6 +421,7 @@ mod tests {
         HashMap::from([(
             "A".to_owned(),
             Stock {
+                name: "Widget".into(),
                 unit_price_minor: 250,
                 currency: "EUR".into(),
                 available,
