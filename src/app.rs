@@ -113,6 +113,7 @@ impl App {
                 producer: producer.clone(),
                 writers: writers.clone(),
                 payment_provider,
+                s3: s3.clone(),
                 instance: instance.clone(),
             },
         )

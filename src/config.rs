@@ -101,6 +101,7 @@ pub struct Config {
     pub saga: SagaConfig,
     pub inventory: InventoryConfig,
     pub payment: PaymentConfig,
+    pub files: FilesConfig,
     pub bridge: BridgeConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
@@ -221,6 +222,31 @@ pub struct InventoryConfig {
     pub reservation_ttl_secs: u64,
     /// How often the sweeper looks for expired reservations.
     pub expiry_interval_ms: u64,
+}
+
+/// The file service: invoices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// The seller printed on invoices.
+    pub seller: String,
+    /// The VAT rate the prices include, in percent (shown on invoices).
+    pub vat_percent: u32,
+    /// How long a presigned download link stays valid.
+    pub presign_ttl_secs: u64,
+    /// Keyed workers rendering and uploading documents.
+    pub workers: usize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            seller: "Orderflow Demo Shop".into(),
+            vat_percent: 20,
+            presign_ttl_secs: 300,
+            workers: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -523,6 +549,12 @@ impl Config {
             "ORDERFLOW_OUTBOX_POLL_INTERVAL_MS",
             &mut self.outbox.poll_interval_ms,
         )?;
+        env.string("ORDERFLOW_FILES_SELLER", &mut self.files.seller);
+        env.parse("ORDERFLOW_FILES_VAT_PERCENT", &mut self.files.vat_percent)?;
+        env.parse(
+            "ORDERFLOW_FILES_PRESIGN_TTL_SECS",
+            &mut self.files.presign_ttl_secs,
+        )?;
         env.parse(
             "ORDERFLOW_OUTBOX_PUBLISH_ON_COMMIT",
             &mut self.outbox.publish_on_commit,
@@ -633,6 +665,12 @@ impl Config {
         }
         if self.bridge.max_in_flight == 0 || self.bridge.max_attempts == 0 {
             return bad("bridge.max_in_flight and bridge.max_attempts must be at least 1");
+        }
+        if self.files.workers == 0 || self.files.vat_percent > 100 {
+            return bad("files.workers must be at least 1 and files.vat_percent at most 100");
+        }
+        if !(1..=604_800).contains(&self.files.presign_ttl_secs) {
+            return bad("files.presign_ttl_secs must be between 1 and 604800 (7 days)");
         }
         if self.supervision.max_restarts == 0 {
             return bad("supervision.max_restarts must be at least 1");

@@ -179,6 +179,48 @@ pub async fn run(config: &Config, url: &str, orders: u32) -> anyhow::Result<()> 
         "  {} orders placed; every saga ended and announced its outcome on Kafka",
         placed.len()
     );
+    print_invoice_links(url, &placed).await
+}
+
+/// Waits for the invoice of each confirmed order and prints its presigned download link.
+async fn print_invoice_links(url: &str, placed: &[(&str, String)]) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (title, id) in placed {
+        let status: Value = http
+            .get(format!("{url}/v1/orders/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if status["status"] != "CONFIRMED" {
+            continue;
+        }
+        loop {
+            let resp = http
+                .get(format!("{url}/v1/orders/{id}/invoice"))
+                .send()
+                .await?;
+            if resp.status() == reqwest::StatusCode::SEE_OTHER {
+                let link = resp
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                println!("  invoice {title:<13} {link}");
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the invoice of order {id} ({title}) was not stored within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    println!(
+        "  (invoice links are presigned and expire; GET /v1/orders/{{id}}/invoice makes a new one)"
+    );
     Ok(())
 }
 

@@ -200,6 +200,7 @@ fn events_consumer(config: &Config) -> Result<StreamConsumer, ActorProcessingErr
         topics::ORDER_EVENTS,
         topics::INVENTORY_EVENTS,
         topics::PAYMENT_EVENTS,
+        topics::FILE_EVENTS,
     ] {
         let topic = config.topic(logical);
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;

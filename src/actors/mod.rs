@@ -3,6 +3,7 @@
 //! route records by key to per-entity actors such as the order saga (`order/saga.rs`).
 
 pub mod bridge;
+pub mod files;
 pub mod hub;
 pub mod inventory;
 pub mod order;
@@ -27,6 +28,8 @@ pub enum Service {
     Inventory,
     /// The payment service: one payment per order through the payment provider.
     Payment,
+    /// The file service: invoice PDFs in S3.
+    File,
 }
 
 impl Service {
@@ -35,10 +38,11 @@ impl Service {
         Service::Order,
         Service::Inventory,
         Service::Payment,
+        Service::File,
         Service::Api,
     ];
     /// Services of the design that later releases add; asking for them is a clear error.
-    pub const PLANNED: &'static [&'static str] = &["notification", "file"];
+    pub const PLANNED: &'static [&'static str] = &["notification"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -46,6 +50,7 @@ impl Service {
             Service::Order => "order",
             Service::Inventory => "inventory",
             Service::Payment => "payment",
+            Service::File => "file",
         }
     }
 
@@ -82,6 +87,7 @@ impl FromStr for Service {
             "order" => Ok(Service::Order),
             "inventory" => Ok(Service::Inventory),
             "payment" => Ok(Service::Payment),
+            "file" => Ok(Service::File),
             other if Self::PLANNED.contains(&other) => Err(format!(
                 "service {other:?} is part of the design but not implemented in this release"
             )),
@@ -104,7 +110,8 @@ mod tests {
                 Service::Api,
                 Service::Order,
                 Service::Inventory,
-                Service::Payment
+                Service::Payment,
+                Service::File
             ])
         );
         assert_eq!(
@@ -112,7 +119,9 @@ mod tests {
             Ok(vec![Service::Api, Service::Order])
         );
         assert!(Service::parse_list("").is_err());
-        let planned = Service::parse_list("file").err().unwrap_or_default();
+        let planned = Service::parse_list("notification")
+            .err()
+            .unwrap_or_default();
         assert!(planned.contains("not implemented"), "{planned}");
         assert!(Service::parse_list("bogus").is_err());
     }

@@ -40,6 +40,7 @@ pub enum SchemaKey {
     Orders,
     Inventory,
     Payment,
+    Files,
 }
 
 impl SchemaKey {
@@ -48,6 +49,7 @@ impl SchemaKey {
             SchemaKey::Orders => Schema::Orders,
             SchemaKey::Inventory => Schema::Inventory,
             SchemaKey::Payment => Schema::Payment,
+            SchemaKey::Files => Schema::Files,
         }
     }
 }
@@ -77,6 +79,7 @@ pub struct RootArgs {
     pub producer: FutureProducer,
     pub writers: Writers,
     pub payment_provider: Arc<dyn PaymentProvider>,
+    pub s3: aws_sdk_s3::Client,
     pub instance: String,
 }
 
@@ -195,6 +198,12 @@ impl RootState {
                     }
                     wanted.push(Child::Service(Service::Payment));
                 }
+                Service::File => {
+                    if relays {
+                        wanted.push(Child::Relay(SchemaKey::Files));
+                    }
+                    wanted.push(Child::Service(Service::File));
+                }
             }
         }
         wanted
@@ -247,6 +256,14 @@ impl RootState {
                         a.producer.clone(),
                         a.pool.clone(),
                         a.payment_provider.clone(),
+                        a.writers.clone(),
+                        a.instance.clone(),
+                    ),
+                    Service::File => super::files::service(
+                        a.config.clone(),
+                        a.producer.clone(),
+                        a.pool.clone(),
+                        a.s3.clone(),
                         a.writers.clone(),
                         a.instance.clone(),
                     ),

@@ -38,6 +38,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         }
         "product_not_found" => "No product has this sku.",
         "stock_below_reserved" => "on_hand cannot go below the units currently reserved by orders.",
+        "invoice_not_found" => {
+            "The order has no invoice yet: the file service stores it shortly after the order is CONFIRMED; a cancelled order never gets one."
+        }
         "payment_not_found" => {
             "The order has no payment yet: it is authorized after its stock is reserved."
         }

@@ -1,6 +1,7 @@
 //! The warp HTTP API: routes per resource (`orders`, `health`), the shared context, and the
 //! error map (`problem`). Every rejection becomes RFC 9457 problem+json.
 
+pub mod documents;
 pub mod errors_doc;
 pub mod events;
 pub mod health;
@@ -57,6 +58,8 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
             .unify()
             .or(payments::routes(ctx.clone()))
             .unify()
+            .or(documents::routes(ctx.clone()))
+            .unify()
             .or(events::routes(ctx))
             .unify()
             .boxed()
@@ -86,6 +89,7 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "orders"] => "/v1/orders",
         ["v1", "orders", _] => "/v1/orders/{id}",
         ["v1", "orders", _, "payment"] => "/v1/orders/{id}/payment",
+        ["v1", "orders", _, "invoice"] => "/v1/orders/{id}/invoice",
         ["v1", "orders", _, "cancel"] => "/v1/orders/{id}/cancel",
         ["v1", "orders", _, "events"] => "/v1/orders/{id}/events",
         ["v1", "products"] => "/v1/products",

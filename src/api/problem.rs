@@ -50,6 +50,8 @@ pub enum ApiError {
     StockBelowReserved(String),
     #[error("order {0} has no payment yet")]
     PaymentNotFound(String),
+    #[error("order {0} has no invoice yet")]
+    InvoiceNotFound(String),
     #[error("{0}")]
     OrderNotCancellable(String),
     /// A dependency failed; the detail is logged, never shown.
@@ -92,6 +94,7 @@ impl ApiError {
             ApiError::ProductNotFound(_) => "product_not_found",
             ApiError::StockBelowReserved(_) => "stock_below_reserved",
             ApiError::PaymentNotFound(_) => "payment_not_found",
+            ApiError::InvoiceNotFound(_) => "invoice_not_found",
             ApiError::OrderNotCancellable(_) => "order_not_cancellable",
             ApiError::Unavailable(_) => "service_unavailable",
         }
@@ -118,6 +121,7 @@ impl ApiError {
             ApiError::OrderNotFound(_)
             | ApiError::ProductNotFound(_)
             | ApiError::PaymentNotFound(_)
+            | ApiError::InvoiceNotFound(_)
             | ApiError::RouteNotFound
             | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -308,6 +312,7 @@ mod tests {
             ApiError::ProductNotFound(String::new()),
             ApiError::StockBelowReserved(String::new()),
             ApiError::PaymentNotFound(String::new()),
+            ApiError::InvoiceNotFound(String::new()),
             ApiError::OrderNotCancellable(String::new()),
         ];
         for e in samples {

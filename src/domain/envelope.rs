@@ -24,6 +24,8 @@ pub mod topics {
     pub const PAYMENT_COMMANDS: &str = "payment.commands";
     /// Replies of the payment service (`PaymentAuthorized`, `PaymentDeclined`, `PaymentRefunded`).
     pub const PAYMENT_EVENTS: &str = "payment.events";
+    /// Events of the file service (`InvoiceStored`), keyed by order id.
+    pub const FILE_EVENTS: &str = "file.events";
     /// The suffix of a topic's dead-letter topic (`order.events` → `order.events.dlq`).
     pub const DLQ_SUFFIX: &str = ".dlq";
     /// Topics that services consume, each with a dead-letter topic.
@@ -41,6 +43,7 @@ pub mod topics {
         INVENTORY_EVENTS,
         PAYMENT_COMMANDS,
         PAYMENT_EVENTS,
+        FILE_EVENTS,
     ];
 }
 
@@ -177,6 +180,22 @@ pub struct OrderConfirmed {
 
 impl Payload for OrderConfirmed {
     const TYPE: &'static str = "OrderConfirmed";
+    const VERSION: u16 = 1;
+}
+
+/// A document of the order is stored in S3 (`file.events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceStored {
+    pub bucket: String,
+    pub object_key: String,
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the object's bytes.
+    pub sha256: String,
+    pub content_type: String,
+}
+
+impl Payload for InvoiceStored {
+    const TYPE: &'static str = "InvoiceStored";
     const VERSION: u16 = 1;
 }
 

@@ -3,6 +3,7 @@
 
 pub mod envelope;
 pub mod ids;
+pub mod invoice;
 pub mod money;
 pub mod order;
 pub mod saga;

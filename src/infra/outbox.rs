@@ -43,6 +43,7 @@ pub struct OutboxWakers {
     orders: std::sync::Arc<tokio::sync::Notify>,
     inventory: std::sync::Arc<tokio::sync::Notify>,
     payment: std::sync::Arc<tokio::sync::Notify>,
+    files: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl OutboxWakers {
@@ -51,6 +52,7 @@ impl OutboxWakers {
             Schema::Orders => self.orders.clone(),
             Schema::Inventory => self.inventory.clone(),
             Schema::Payment => self.payment.clone(),
+            Schema::Files => self.files.clone(),
         }
     }
 
@@ -269,7 +271,7 @@ pub struct CommitPublisher {
     topic_prefix: Arc<str>,
     ack_timeout: Duration,
     pause: Duration,
-    lanes: Arc<[Lane; 3]>,
+    lanes: Arc<[Lane; 4]>,
 }
 
 struct Lane {
@@ -314,6 +316,7 @@ impl CommitPublisher {
                 lane(Schema::Orders),
                 lane(Schema::Inventory),
                 lane(Schema::Payment),
+                lane(Schema::Files),
             ]),
         }
     }
@@ -323,6 +326,7 @@ impl CommitPublisher {
             Schema::Orders => &self.lanes[0],
             Schema::Inventory => &self.lanes[1],
             Schema::Payment => &self.lanes[2],
+            Schema::Files => &self.lanes[3],
         }
     }
 

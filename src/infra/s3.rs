@@ -72,6 +72,76 @@ pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), S3Error>
     }
 }
 
+/// Stores `bytes` under `key` with their content type, their SHA-256 (sent as the S3 checksum,
+/// which the server verifies, and kept in the object's metadata as hex) and `metadata`.
+pub async fn put_document(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    bytes: Vec<u8>,
+    content_type: &str,
+    sha256: &[u8; 32],
+    metadata: &[(&str, String)],
+) -> Result<(), S3Error> {
+    use base64::Engine as _;
+    let mut put = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type(content_type)
+        .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha256))
+        .metadata("sha256", hex(sha256));
+    for (k, v) in metadata {
+        put = put.metadata(*k, v);
+    }
+    put.body(aws_sdk_s3::primitives::ByteStream::from(bytes))
+        .send()
+        .await
+        .map_err(|e| call_error("put_object", e))?;
+    Ok(())
+}
+
+/// The object's bytes.
+pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, S3Error> {
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| call_error("get_object", e))?;
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| call_error("get_object body", e))?;
+    Ok(body.into_bytes().to_vec())
+}
+
+/// A URL that downloads the object without credentials until `ttl` has passed.
+pub async fn presigned_get(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    ttl: std::time::Duration,
+) -> Result<String, S3Error> {
+    let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
+        .map_err(|e| call_error("presign", e))?;
+    let request = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(config)
+        .await
+        .map_err(|e| call_error("presign", e))?;
+    Ok(request.uri().to_owned())
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Readiness: the bucket answers a HEAD.
 pub async fn probe(client: &Client, bucket: &str) -> Result<(), S3Error> {
     client

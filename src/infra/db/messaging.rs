@@ -15,6 +15,7 @@ pub enum Schema {
     Orders,
     Inventory,
     Payment,
+    Files,
 }
 
 /// An outbox row to write with a state change.
@@ -186,15 +187,22 @@ macro_rules! statements {
 const ORDERS: Statements = statements!("orders");
 const INVENTORY: Statements = statements!("inventory");
 const PAYMENT: Statements = statements!("payment");
+const FILES: Statements = statements!("files");
 
 impl Schema {
-    pub const ALL: &'static [Schema] = &[Schema::Orders, Schema::Inventory, Schema::Payment];
+    pub const ALL: &'static [Schema] = &[
+        Schema::Orders,
+        Schema::Inventory,
+        Schema::Payment,
+        Schema::Files,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Schema::Orders => "orders",
             Schema::Inventory => "inventory",
             Schema::Payment => "payment",
+            Schema::Files => "files",
         }
     }
 
@@ -203,6 +211,7 @@ impl Schema {
             Schema::Orders => &ORDERS,
             Schema::Inventory => &INVENTORY,
             Schema::Payment => &PAYMENT,
+            Schema::Files => &FILES,
         }
     }
 

@@ -1,5 +1,6 @@
 //! PostgreSQL: the connection pool, migrations, and one repository module per service schema.
 
+pub mod files;
 pub mod inventory;
 pub mod messaging;
 pub mod orders;

@@ -97,6 +97,7 @@ pub struct Writers {
     orders: Writer,
     inventory: Writer,
     payment: Writer,
+    files: Writer,
     wakers: OutboxWakers,
 }
 
@@ -172,6 +173,7 @@ impl Writers {
             orders: writer(Schema::Orders),
             inventory: writer(Schema::Inventory),
             payment: writer(Schema::Payment),
+            files: writer(Schema::Files),
             wakers,
         }
     }
@@ -181,6 +183,7 @@ impl Writers {
             Schema::Orders => &self.orders,
             Schema::Inventory => &self.inventory,
             Schema::Payment => &self.payment,
+            Schema::Files => &self.files,
         }
     }
 

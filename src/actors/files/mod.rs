@@ -1,0 +1,47 @@
+//! The file service: keyed workers render each confirmed order's invoice as a PDF, store it in
+//! S3 under a key derived from the order id, record it and announce `InvoiceStored`.
+
+pub mod handler;
+
+use std::sync::Arc;
+
+use ractor::ActorCell;
+use sqlx::PgPool;
+
+use crate::actors::bridge::Router;
+use crate::actors::service::{RouterFactory, ServiceArgs};
+use crate::actors::worker::WorkerRouter;
+use crate::config::Config;
+use crate::domain::envelope::topics;
+use crate::infra::db::writer::Writers;
+
+/// The file service: consumes `order.events` with a pool of keyed workers.
+pub fn service(
+    config: Arc<Config>,
+    producer: rdkafka::producer::FutureProducer,
+    pool: PgPool,
+    s3: aws_sdk_s3::Client,
+    writers: Writers,
+    instance: String,
+) -> ServiceArgs {
+    let handler = Arc::new(handler::FileHandler::new(&config, pool, s3, writers));
+    let workers = config.files.workers;
+    let router_instance = instance.clone();
+    let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
+        Arc::new(WorkerRouter {
+            service: "file",
+            instance: router_instance.clone(),
+            workers,
+            handler: handler.clone(),
+            supervisor,
+        }) as Arc<dyn Router>
+    });
+    ServiceArgs {
+        config,
+        producer,
+        name: "file",
+        topics: vec![topics::ORDER_EVENTS],
+        router,
+        instance,
+    }
+}

@@ -1,0 +1,79 @@
+//! `GET /v1/orders/{id}/invoice`: the file service's invoice of a confirmed order — a redirect
+//! (303) to a short-lived presigned S3 link, or the PDF itself with `?inline`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use uuid::Uuid;
+use warp::http::{StatusCode, header};
+use warp::{Filter, Rejection};
+
+use super::problem::ApiError;
+use super::{ApiContext, with_ctx};
+use crate::actors::files::handler::INVOICE;
+use crate::infra::db::files as repo;
+use crate::infra::s3;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocumentQuery {
+    /// Present (any value, or none): answer with the bytes instead of a redirect.
+    inline: Option<String>,
+}
+
+pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    warp::path!("v1" / "orders" / String / "invoice")
+        .and(warp::get())
+        .and(warp::query::<DocumentQuery>().or_else(|_| async {
+            Err(warp::reject::custom(ApiError::InvalidQuery(
+                "only `inline` is accepted".into(),
+            )))
+        }))
+        .and(with_ctx(ctx))
+        .and_then(get_invoice)
+        .boxed()
+}
+
+async fn get_invoice(
+    id: String,
+    query: DocumentQuery,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection> {
+    let uuid = Uuid::try_parse(&id)
+        .map_err(|_| warp::reject::custom(ApiError::InvalidOrderId(id.clone())))?;
+    let unavailable =
+        |e: &dyn std::fmt::Display| warp::reject::custom(ApiError::Unavailable(e.to_string()));
+    let doc = repo::document(&ctx.pool, uuid, INVOICE)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| warp::reject::custom(ApiError::InvoiceNotFound(uuid.to_string())))?;
+    if query.inline.is_some() {
+        let bytes = s3::get_bytes(&ctx.s3, &doc.bucket, &doc.object_key)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut resp = warp::reply::Response::new(bytes.into());
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/pdf"),
+        );
+        if let Ok(v) =
+            header::HeaderValue::from_str(&format!("inline; filename=\"invoice-{uuid}.pdf\""))
+        {
+            headers.insert(header::CONTENT_DISPOSITION, v);
+        }
+        if let Ok(v) = header::HeaderValue::from_str(&doc.sha256) {
+            headers.insert("x-checksum-sha256", v);
+        }
+        return Ok(resp);
+    }
+    let ttl = Duration::from_secs(ctx.config.files.presign_ttl_secs);
+    let url = s3::presigned_get(&ctx.s3, &doc.bucket, &doc.object_key, ttl)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let location = header::HeaderValue::from_str(&url).map_err(|e| unavailable(&e))?;
+    let mut resp = warp::reply::Response::new(Vec::<u8>::new().into());
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Ok(resp)
+}

@@ -1,0 +1,134 @@
+//! The file service's SQL: the stored documents of each order, recorded with the inbox row of
+//! the message that caused them and their `InvoiceStored` announcement.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::DbError;
+use super::messaging::{note_outbox, reply_columns};
+use super::writer::Writer;
+use crate::domain::envelope::{InvoiceStored, topics};
+use crate::domain::ids::OrderId;
+
+/// A document stored in S3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Document {
+    pub order_id: Uuid,
+    pub kind: String,
+    pub bucket: String,
+    pub object_key: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub content_type: String,
+    pub customer_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The message a document is recorded for.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub consumer: &'static str,
+    pub message_id: Uuid,
+    pub traceparent: Option<String>,
+}
+
+/// Records a stored document and announces it, in the next batch of the files writer. False
+/// when the message was handled before or the order already has a document of this kind
+/// (nothing is written or announced then).
+pub async fn record(writer: &Writer, cause: &Cause, doc: &Document) -> Result<bool, DbError> {
+    let announcement = InvoiceStored {
+        bucket: doc.bucket.clone(),
+        object_key: doc.object_key.clone(),
+        size_bytes: doc.size_bytes,
+        sha256: doc.sha256.clone(),
+        content_type: doc.content_type.clone(),
+    };
+    let binds = Arc::new((
+        cause.clone(),
+        doc.clone(),
+        reply_columns(
+            OrderId::from_uuid(doc.order_id),
+            &announcement,
+            cause.traceparent.as_deref(),
+        ),
+    ));
+    writer
+        .run(move |conn| {
+            let binds = binds.clone();
+            Box::pin(async move {
+                let (cause, doc, (id, kind, payload, headers)) = &*binds;
+                note_outbox(std::slice::from_ref(id));
+                let row = sqlx::query(
+                    "WITH claim AS (
+                         INSERT INTO files.inbox (consumer, message_id) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING RETURNING 1
+                     ), doc AS (
+                         INSERT INTO files.documents (order_id, kind, bucket, object_key,
+                             size_bytes, sha256, content_type, customer_id)
+                         SELECT $3, $4, $5, $6, $7, $8, $9, $10 FROM claim
+                         ON CONFLICT (order_id, kind) DO NOTHING
+                         RETURNING 1
+                     ), announce AS (
+                         INSERT INTO files.outbox
+                           (message_id, topic, message_key, message_type, payload, headers)
+                         SELECT $11, $12, $3::text, $13, $14, $15 FROM doc
+                     )
+                     SELECT EXISTS (SELECT 1 FROM doc) AS stored",
+                )
+                .bind(cause.consumer)
+                .bind(cause.message_id)
+                .bind(doc.order_id)
+                .bind(&doc.kind)
+                .bind(&doc.bucket)
+                .bind(&doc.object_key)
+                .bind(doc.size_bytes)
+                .bind(&doc.sha256)
+                .bind(&doc.content_type)
+                .bind(doc.customer_id.as_deref())
+                .bind(id)
+                .bind(topics::FILE_EVENTS)
+                .bind(kind)
+                .bind(payload)
+                .bind(headers)
+                .fetch_one(conn)
+                .await?;
+                Ok(row.try_get("stored")?)
+            })
+        })
+        .await
+}
+
+/// The order's document of `kind`, if stored.
+pub async fn document(
+    pool: &PgPool,
+    order_id: Uuid,
+    kind: &str,
+) -> Result<Option<Document>, DbError> {
+    let row = sqlx::query(
+        "SELECT order_id, kind, bucket, object_key, size_bytes, sha256, content_type,
+                customer_id, created_at
+         FROM files.documents WHERE order_id = $1 AND kind = $2",
+    )
+    .bind(order_id)
+    .bind(kind)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Document {
+        order_id: r.try_get("order_id")?,
+        kind: r.try_get("kind")?,
+        bucket: r.try_get("bucket")?,
+        object_key: r.try_get("object_key")?,
+        size_bytes: r.try_get("size_bytes")?,
+        sha256: r.try_get("sha256")?,
+        content_type: r.try_get("content_type")?,
+        customer_id: r.try_get("customer_id")?,
+        created_at: r.try_get("created_at")?,
+    }))
+}

@@ -1,0 +1,246 @@
+//! The file service against the real servers: a confirmed order gets exactly one invoice PDF in
+//! S3 (real bytes, parsed back), recorded with its checksum, announced on `file.events`, and
+//! downloadable through the API and through a presigned link that S3 itself verifies.
+
+mod support;
+
+use std::time::Duration;
+
+use orderflow::actors::Service;
+use orderflow::domain::envelope::topics;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::{TestApp, TestEnv, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+const ALL: &[Service] = &[
+    Service::Api,
+    Service::Order,
+    Service::Inventory,
+    Service::Payment,
+    Service::File,
+];
+
+async fn order(app: &TestApp, lines: &[(&str, u32)], card: &str) -> String {
+    let body = json!({
+        "customer_id": "invoice-customer", "currency": "EUR", "card_token": card,
+        "lines": lines.iter().map(|(s, q)| json!({"sku": s, "quantity": q})).collect::<Vec<_>>(),
+    });
+    let resp = app
+        .http
+        .post(app.url("/v1/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 201);
+    let v: Value = resp.json().await.unwrap_or_default();
+    v["order_id"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn status(app: &TestApp, id: &str) -> String {
+    let v: Value = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    v["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The text a PDF shows, from the string operands of its text-showing operators.
+fn pdf_text(bytes: &[u8]) -> String {
+    let doc = lopdf::Document::load_mem(bytes).unwrap_or_else(|e| panic!("not a PDF: {e}"));
+    let mut text = String::new();
+    for (_, page) in doc.get_pages() {
+        let content = doc.get_page_content(page);
+        let ops = lopdf::content::Content::decode(&content)
+            .unwrap_or_else(|e| panic!("content stream: {e}"));
+        for op in ops.operations {
+            if op.operator == "Tj" {
+                for operand in op.operands {
+                    if let lopdf::Object::String(s, _) = operand {
+                        text.push_str(&String::from_utf8_lossy(&s));
+                        text.push('\n');
+                    }
+                }
+            }
+        }
+    }
+    text
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_link() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(ALL).await;
+    support::create_product(&app.base, "BOOK", 3_990, 10).await;
+    support::create_product(&app.base, "MUG", 1_250, 10).await;
+    let id = order(&app, &[("BOOK", 1), ("MUG", 2)], "tok_visa").await;
+
+    // The invoice appears shortly after the order is confirmed.
+    let inline = app.url(&format!("/v1/orders/{id}/invoice?inline"));
+    let resp = eventually(WAIT, "the invoice is stored", || async {
+        let r = app.http.get(&inline).send().await.ok()?;
+        (r.status().as_u16() == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(status(&app, &id).await, "CONFIRMED");
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/pdf")
+    );
+    let recorded_sha = resp
+        .headers()
+        .get("x-checksum-sha256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = resp.bytes().await.unwrap_or_default().to_vec();
+    let sha = hex(&Sha256::digest(&bytes));
+    assert_eq!(sha, recorded_sha, "the recorded checksum is the object's");
+
+    // A real PDF: parsed back, it names the order, its lines and the grand total.
+    let text = pdf_text(&bytes);
+    assert!(text.contains(&id), "{text}");
+    assert!(text.contains("Customer: invoice-customer"), "{text}");
+    assert!(
+        text.contains("MUG | Product MUG | 2 | 12.50 EUR | 25.00 EUR"),
+        "{text}"
+    );
+    assert!(text.contains("Grand total: 64.90 EUR"), "{text}");
+    assert!(text.contains("VAT 20% (included): 10.82 EUR"), "{text}");
+
+    // Without `inline`: a redirect to a presigned link that downloads the same bytes, with the
+    // checksum in the object's metadata.
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let redirect = no_redirect
+        .get(app.url(&format!("/v1/orders/{id}/invoice")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(redirect.status().as_u16(), 303);
+    let location = redirect
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        location.contains(&format!("invoices/{id}/invoice.pdf")),
+        "{location}"
+    );
+    let download = no_redirect
+        .get(&location)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(download.status().as_u16(), 200);
+    assert_eq!(
+        download
+            .headers()
+            .get("x-amz-meta-sha256")
+            .and_then(|v| v.to_str().ok()),
+        Some(sha.as_str())
+    );
+    assert_eq!(download.bytes().await.unwrap_or_default().to_vec(), bytes);
+    // S3 checks the signature: a tampered link is refused.
+    let tampered = location.replacen("invoice.pdf", "invoice.pdX", 1);
+    let refused = no_redirect
+        .get(&tampered)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        refused.status().as_u16(),
+        403,
+        "a tampered link must not work"
+    );
+
+    // Redelivery of the confirmation: still one invoice, one announcement, the same bytes.
+    let confirmed = support::read_topic(&env.config, topics::ORDER_EVENTS, WAIT, |seen| {
+        seen.iter().any(|s| s.envelope.kind == "OrderConfirmed")
+    })
+    .await
+    .into_iter()
+    .find(|s| s.envelope.kind == "OrderConfirmed")
+    .map(|s| s.envelope)
+    .unwrap_or_else(|| unreachable!());
+    support::publish_all(
+        &env.config,
+        topics::ORDER_EVENTS,
+        &[confirmed.clone(), confirmed.clone(), confirmed],
+    )
+    .await;
+    let announced = support::read_topic(&env.config, topics::FILE_EVENTS, WAIT, |seen| {
+        !seen.is_empty()
+    })
+    .await;
+    assert_eq!(announced[0].envelope.kind, "InvoiceStored");
+    assert_eq!(announced[0].envelope.payload["sha256"], sha.as_str());
+    // Give the redeliveries time to be handled (the inbox records each handled message).
+    eventually(WAIT, "the redeliveries are handled", || async {
+        (support::group_caught_up(&env.config, &env.config.group("file"), topics::ORDER_EVENTS))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.count("SELECT count(*) FROM files.documents").await, 1);
+    assert_eq!(env.count("SELECT count(*) FROM files.outbox").await, 0);
+    let again = app
+        .http
+        .get(&inline)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .bytes()
+        .await
+        .unwrap_or_default()
+        .to_vec();
+    assert_eq!(again, bytes, "the same object, not a second rendering");
+
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_order_has_no_invoice() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(ALL).await;
+    support::create_product(&app.base, "GADGET", 9_900, 5).await;
+    let id = order(&app, &[("GADGET", 1)], "tok_decline").await;
+    eventually(WAIT, "the order is cancelled", || async {
+        (status(&app, &id).await == "CANCELLED").then_some(())
+    })
+    .await;
+    let resp = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}/invoice")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 404);
+    let problem: Value = resp.json().await.unwrap_or_default();
+    assert_eq!(problem["code"], "invoice_not_found");
+    let bad = app
+        .http
+        .get(app.url("/v1/orders/not-an-id/invoice"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(env.count("SELECT count(*) FROM files.documents").await, 0);
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
