@@ -16,6 +16,7 @@ use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::api::{self, ApiContext};
 use crate::config::Config;
 use crate::domain::envelope::topics;
+use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::writer::{WriterConfig, Writers};
 use crate::infra::outbox::{CommitPublisher, OutboxWakers};
 use crate::infra::payment_provider::{LocalCardNetwork, LocalNetworkRules, PaymentProvider};
@@ -71,6 +72,11 @@ impl App {
         let producer = kafka::producer(&config.kafka)?;
         let redis = redis::pool(&config.redis)?;
         let s3 = s3::client(&config.s3);
+        let s3_breaker = Arc::new(CircuitBreaker::new(
+            "s3",
+            config.s3.breaker_failures,
+            Duration::from_millis(config.s3.breaker_open_ms),
+        ));
         if let Err(e) = s3::ensure_bucket(&s3, &config.s3.bucket).await {
             // Not fatal: documents are stored later and readiness reports S3.
             tracing::warn!(error = %e, bucket = %config.s3.bucket, "bucket not ready");
@@ -114,6 +120,7 @@ impl App {
                 writers: writers.clone(),
                 payment_provider,
                 s3: s3.clone(),
+                s3_breaker: s3_breaker.clone(),
                 instance: instance.clone(),
             },
         )
@@ -129,6 +136,7 @@ impl App {
             producer: producer.clone(),
             redis,
             s3,
+            s3_breaker,
             writers,
             metrics,
             serve_v1: services.contains(&Service::Api),

@@ -174,6 +174,10 @@ pub struct S3Config {
     pub secret_key: Secret,
     /// Path-style addressing (`endpoint/bucket/key`), needed by local servers.
     pub force_path_style: bool,
+    /// Consecutive failed S3 calls that open its circuit, and how long it stays open before
+    /// one call probes it.
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -362,6 +366,8 @@ impl Default for S3Config {
             access_key: "orderflow".into(),
             secret_key: Secret::new("orderflow-secret"),
             force_path_style: true,
+            breaker_failures: 5,
+            breaker_open_ms: 2_000,
         }
     }
 }
@@ -549,6 +555,11 @@ impl Config {
             "ORDERFLOW_OUTBOX_POLL_INTERVAL_MS",
             &mut self.outbox.poll_interval_ms,
         )?;
+        env.parse(
+            "ORDERFLOW_S3_BREAKER_FAILURES",
+            &mut self.s3.breaker_failures,
+        )?;
+        env.parse("ORDERFLOW_S3_BREAKER_OPEN_MS", &mut self.s3.breaker_open_ms)?;
         env.string("ORDERFLOW_FILES_SELLER", &mut self.files.seller);
         env.parse("ORDERFLOW_FILES_VAT_PERCENT", &mut self.files.vat_percent)?;
         env.parse(

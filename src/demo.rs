@@ -213,7 +213,12 @@ async fn print_invoice_links(url: &str, placed: &[(&str, String)]) -> anyhow::Re
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the invoice of order {id} ({title}) was not stored within 30 s");
+                // Not fatal: a file service that joined late may still be working through the
+                // confirmations retained on order.events before this one.
+                println!(
+                    "  invoice {title:<13} not stored within 30 s (the file service may be catching up; GET /v1/orders/{id}/invoice later)"
+                );
+                break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

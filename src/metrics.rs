@@ -22,6 +22,8 @@ pub const ACTOR_RESTARTS: &str = "orderflow_actor_restarts_total";
 pub const WRITER_BATCH_JOBS: &str = "orderflow_writer_batch_jobs";
 pub const WRITER_BATCH_SECONDS: &str = "orderflow_writer_batch_seconds";
 pub const WRITER_SPLITS: &str = "orderflow_writer_batch_splits_total";
+pub const CIRCUIT_STATE: &str = "orderflow_circuit_state";
+pub const CIRCUIT_TRANSITIONS: &str = "orderflow_circuit_transitions_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -72,6 +74,14 @@ fn describe() {
         "Writer batches rolled back because one job failed, then run job by job"
     );
     describe_counter!(ORDERS_REJECTED, "Order requests rejected, by error code");
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        CIRCUIT_TRANSITIONS,
+        "Circuit breaker state changes, by dependency and new state"
+    );
     describe_counter!(
         OUTBOX_PUBLISHED,
         "Outbox rows published to Kafka, by schema"

@@ -61,6 +61,10 @@ pub enum HandleError {
     /// the dead-letter topic takes these once it exists.
     #[error("poison: {0}")]
     Poison(String),
+    /// A dependency is down (its circuit is open, or it failed): retried with backoff for as
+    /// long as it takes and never dead-lettered, so nothing is dropped while it is away.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type HandleResult = Result<Handled, HandleError>;
@@ -346,6 +350,26 @@ impl BridgeState {
                     %reason, "a record that can never be handled goes to the dead-letter topic"
                 );
                 let _ = myself.cast(BridgeMsg::DeadLetter { offset, reason });
+                return;
+            }
+            Err(HandleError::Unavailable(reason)) => {
+                let Some(entry) = self.in_flight.get_mut(&offset) else {
+                    return;
+                };
+                entry.attempts = entry.attempts.saturating_add(1);
+                let delay = backoff(
+                    Duration::from_millis(self.args.config.retry_initial_ms),
+                    Duration::from_millis(self.args.config.retry_max_ms),
+                    entry.attempts - 1,
+                );
+                // Logged on the first attempt and then every 20th, not on every retry.
+                if entry.attempts == 1 || entry.attempts.is_multiple_of(20) {
+                    tracing::warn!(
+                        topic = %self.args.topic, partition = self.args.partition, offset,
+                        attempt = entry.attempts, ?delay, %reason, "a dependency is unavailable; the record waits"
+                    );
+                }
+                myself.send_after(delay, move || BridgeMsg::Retry { offset });
                 return;
             }
             Err(HandleError::Transient(reason)) => {

@@ -18,6 +18,7 @@ use super::outbox::{OutboxRelay, RelayArgs, RelayMsg};
 use super::service::{ServiceMsg, ServiceSupervisor};
 use super::supervision::{Decision, Ended, RestartPolicy, ended};
 use crate::config::Config;
+use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::writer::Writers;
 use crate::infra::outbox::OutboxTable;
@@ -80,6 +81,7 @@ pub struct RootArgs {
     pub writers: Writers,
     pub payment_provider: Arc<dyn PaymentProvider>,
     pub s3: aws_sdk_s3::Client,
+    pub s3_breaker: Arc<CircuitBreaker>,
     pub instance: String,
 }
 
@@ -264,6 +266,7 @@ impl RootState {
                         a.producer.clone(),
                         a.pool.clone(),
                         a.s3.clone(),
+                        a.s3_breaker.clone(),
                         a.writers.clone(),
                         a.instance.clone(),
                     ),

@@ -48,7 +48,9 @@ async fn get_invoice(
         .map_err(|e| unavailable(&e))?
         .ok_or_else(|| warp::reject::custom(ApiError::InvoiceNotFound(uuid.to_string())))?;
     if query.inline.is_some() {
-        let bytes = s3::get_bytes(&ctx.s3, &doc.bucket, &doc.object_key)
+        let bytes = ctx
+            .s3_breaker
+            .call(s3::get_bytes(&ctx.s3, &doc.bucket, &doc.object_key))
             .await
             .map_err(|e| unavailable(&e))?;
         let mut resp = warp::reply::Response::new(bytes.into());

@@ -21,6 +21,8 @@ pub struct Check {
 pub struct Readiness {
     pub status: &'static str,
     pub checks: std::collections::BTreeMap<&'static str, Check>,
+    /// The circuit breakers of this process (`closed`, `half_open`, `open`).
+    pub circuits: std::collections::BTreeMap<&'static str, crate::infra::circuit::State>,
 }
 
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
@@ -101,5 +103,12 @@ pub async fn readiness(ctx: &ApiContext) -> Readiness {
     } else {
         "unready"
     };
-    Readiness { status, checks }
+    let circuits = [(ctx.s3_breaker.dependency(), ctx.s3_breaker.state())]
+        .into_iter()
+        .collect();
+    Readiness {
+        status,
+        checks,
+        circuits,
+    }
 }

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use warp::Filter;
 
 use crate::config::Config;
+use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::writer::Writers;
 use crate::infra::redis::RedisPool;
 
@@ -31,6 +32,8 @@ pub struct ApiContext {
     pub producer: FutureProducer,
     pub redis: RedisPool,
     pub s3: aws_sdk_s3::Client,
+    /// The circuit around S3, shared with the file service of this process.
+    pub s3_breaker: Arc<CircuitBreaker>,
     pub writers: Writers,
     pub metrics: PrometheusHandle,
     /// Serve `/v1` (the `api` service); health and metrics are always served.

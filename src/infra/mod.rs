@@ -1,5 +1,6 @@
 //! Adapters to the outside systems, one module each. Nothing here knows about actors or HTTP.
 
+pub mod circuit;
 pub mod db;
 pub mod dlq;
 pub mod kafka;

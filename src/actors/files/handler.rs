@@ -5,6 +5,8 @@
 //! document recorded is skipped, and a crash between the upload and the record only means the
 //! same key is written again on redelivery.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -14,6 +16,7 @@ use crate::actors::worker::CommandHandler;
 use crate::config::Config;
 use crate::domain::envelope::{Envelope, OrderConfirmed};
 use crate::domain::invoice::Invoice;
+use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::files::{self as repo, Cause, Document};
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::writer::Writers;
@@ -32,6 +35,7 @@ pub fn invoice_key(order_id: uuid::Uuid) -> String {
 pub struct FileHandler {
     pool: PgPool,
     s3: aws_sdk_s3::Client,
+    breaker: Arc<CircuitBreaker>,
     bucket: String,
     seller: String,
     vat_percent: u32,
@@ -39,10 +43,17 @@ pub struct FileHandler {
 }
 
 impl FileHandler {
-    pub fn new(config: &Config, pool: PgPool, s3: aws_sdk_s3::Client, writers: Writers) -> Self {
+    pub fn new(
+        config: &Config,
+        pool: PgPool,
+        s3: aws_sdk_s3::Client,
+        breaker: Arc<CircuitBreaker>,
+        writers: Writers,
+    ) -> Self {
         Self {
             pool,
             s3,
+            breaker,
             bucket: config.s3.bucket.clone(),
             seller: config.files.seller.clone(),
             vat_percent: config.files.vat_percent,
@@ -84,20 +95,23 @@ impl CommandHandler for FileHandler {
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let key = invoice_key(order_id);
         let size_bytes = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-        s3::put_document(
-            &self.s3,
-            &self.bucket,
-            &key,
-            bytes,
-            PDF,
-            &digest,
-            &[
-                ("order-id", order_id.to_string()),
-                ("kind", INVOICE.to_owned()),
-            ],
-        )
-        .await
-        .map_err(|e| transient(&e))?;
+        // Through the circuit: while S3 is down the record waits (retried without a limit by
+        // its bridge) instead of burning its attempts and landing in the dead-letter topic.
+        self.breaker
+            .call(s3::put_document(
+                &self.s3,
+                &self.bucket,
+                &key,
+                bytes,
+                PDF,
+                &digest,
+                &[
+                    ("order-id", order_id.to_string()),
+                    ("kind", INVOICE.to_owned()),
+                ],
+            ))
+            .await
+            .map_err(|e| HandleError::Unavailable(e.to_string()))?;
         let doc = Document {
             order_id,
             kind: INVOICE.into(),

@@ -13,6 +13,7 @@ use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::actors::worker::WorkerRouter;
 use crate::config::Config;
 use crate::domain::envelope::topics;
+use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::writer::Writers;
 
 /// The file service: consumes `order.events` with a pool of keyed workers.
@@ -21,10 +22,13 @@ pub fn service(
     producer: rdkafka::producer::FutureProducer,
     pool: PgPool,
     s3: aws_sdk_s3::Client,
+    s3_breaker: Arc<CircuitBreaker>,
     writers: Writers,
     instance: String,
 ) -> ServiceArgs {
-    let handler = Arc::new(handler::FileHandler::new(&config, pool, s3, writers));
+    let handler = Arc::new(handler::FileHandler::new(
+        &config, pool, s3, s3_breaker, writers,
+    ));
     let workers = config.files.workers;
     let router_instance = instance.clone();
     let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {

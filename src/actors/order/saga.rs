@@ -113,7 +113,7 @@ impl Actor for OrderSaga {
                     Ok(Handled::Duplicate) => "duplicate",
                     Ok(Handled::Ignored) => "ignored",
                     Err(HandleError::Poison(_)) => "poison",
-                    Err(HandleError::Transient(_)) => "failed",
+                    Err(HandleError::Transient(_) | HandleError::Unavailable(_)) => "failed",
                 };
                 metrics::counter!(m::SAGA_EVENTS, "outcome" => outcome).increment(1);
                 let _ = reply.send(result);
