@@ -185,18 +185,27 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
     )
     .await;
     let announced = support::read_topic(&env.config, topics::FILE_EVENTS, WAIT, |seen| {
-        !seen.is_empty()
+        seen.len() >= 2
     })
     .await;
-    assert_eq!(announced[0].envelope.kind, "InvoiceStored");
-    assert_eq!(announced[0].envelope.payload["sha256"], sha.as_str());
+    let invoice_stored: Vec<_> = announced
+        .iter()
+        .filter(|s| s.envelope.kind == "InvoiceStored")
+        .collect();
+    assert_eq!(invoice_stored.len(), 1, "{announced:?}");
+    assert_eq!(invoice_stored[0].envelope.payload["sha256"], sha.as_str());
+    assert!(announced.iter().any(|s| s.envelope.kind == "ReceiptStored"));
     // Give the redeliveries time to be handled (the inbox records each handled message).
     eventually(WAIT, "the redeliveries are handled", || async {
         (support::group_caught_up(&env.config, &env.config.group("file"), topics::ORDER_EVENTS))
             .then_some(())
     })
     .await;
-    assert_eq!(env.count("SELECT count(*) FROM files.documents").await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM files.documents WHERE kind = 'invoice'")
+            .await,
+        1
+    );
     assert_eq!(env.count("SELECT count(*) FROM files.outbox").await, 0);
     let again = app
         .http
@@ -209,6 +218,41 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
         .unwrap_or_default()
         .to_vec();
     assert_eq!(again, bytes, "the same object, not a second rendering");
+
+    // The payment's receipt: its own PDF, with the amount and the card network's reference.
+    let receipt = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}/receipt?inline")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(receipt.status().as_u16(), 200);
+    let payment: Value = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}/payment")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    let receipt_text = pdf_text(&receipt.bytes().await.unwrap_or_default());
+    assert!(
+        receipt_text.contains("Amount paid: 64.90 EUR"),
+        "{receipt_text}"
+    );
+    assert!(
+        receipt_text.contains(&format!(
+            "Payment reference: {}",
+            payment["provider_ref"].as_str().unwrap_or("?")
+        )),
+        "{receipt_text}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM files.documents WHERE kind = 'receipt'")
+            .await,
+        1
+    );
 
     app.app.shutdown().await;
     env.cleanup().await;
@@ -233,6 +277,17 @@ async fn a_cancelled_order_has_no_invoice() {
     assert_eq!(resp.status().as_u16(), 404);
     let problem: Value = resp.json().await.unwrap_or_default();
     assert_eq!(problem["code"], "invoice_not_found");
+    let no_receipt = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}/receipt")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        no_receipt.status().as_u16(),
+        404,
+        "a declined payment has no receipt"
+    );
     let bad = app
         .http
         .get(app.url("/v1/orders/not-an-id/invoice"))

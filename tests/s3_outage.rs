@@ -143,7 +143,10 @@ async fn s3_down_opens_the_circuit_orders_still_confirm_and_every_invoice_is_sto
 
     let mut ids = place(&app, 5).await;
     eventually(WAIT, "the first invoices are stored", || async {
-        (env.count("SELECT count(*) FROM files.documents").await == 5).then_some(())
+        (env.count("SELECT count(*) FROM files.documents WHERE kind = 'invoice'")
+            .await
+            == 5)
+            .then_some(())
     })
     .await;
 
@@ -159,15 +162,22 @@ async fn s3_down_opens_the_circuit_orders_still_confirm_and_every_invoice_is_sto
     })
     .await;
     assert!(
-        env.count("SELECT count(*) FROM files.documents").await < ids.len() as i64,
+        env.count("SELECT count(*) FROM files.documents WHERE kind = 'invoice'")
+            .await
+            < ids.len() as i64,
         "no invoice can be stored while S3 is down"
     );
 
     // S3 is back (same port, same data): the waiting invoices are stored, each exactly once.
     let s3 = S3Server::start(port, &dir).await;
-    eventually(WAIT, "every confirmed order has its invoice", || async {
-        (env.count("SELECT count(*) FROM files.documents").await == ids.len() as i64).then_some(())
-    })
+    eventually(
+        WAIT,
+        "every confirmed order has its invoice and receipt",
+        || async {
+            (env.count("SELECT count(*) FROM files.documents").await == 2 * ids.len() as i64)
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(s3_circuit(&app).await, "closed");
     let documented: i64 = env

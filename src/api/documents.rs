@@ -1,5 +1,5 @@
-//! `GET /v1/orders/{id}/invoice`: the file service's invoice of a confirmed order — a redirect
-//! (303) to a short-lived presigned S3 link, or the PDF itself with `?inline`.
+//! `GET /v1/orders/{id}/invoice` and `/receipt`: the file service's documents of an order — a
+//! redirect (303) to a short-lived presigned S3 link, or the PDF itself with `?inline`.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use warp::{Filter, Rejection};
 
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
-use crate::actors::files::handler::INVOICE;
+use crate::actors::files::handler::{INVOICE, RECEIPT};
 use crate::infra::db::files as repo;
 use crate::infra::s3;
 
@@ -22,7 +22,11 @@ struct DocumentQuery {
 }
 
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    warp::path!("v1" / "orders" / String / "invoice")
+    let invoice = warp::path!("v1" / "orders" / String / "invoice").map(|id| (id, INVOICE));
+    let receipt = warp::path!("v1" / "orders" / String / "receipt").map(|id| (id, RECEIPT));
+    invoice
+        .or(receipt)
+        .unify()
         .and(warp::get())
         .and(warp::query::<DocumentQuery>().or_else(|_| async {
             Err(warp::reject::custom(ApiError::InvalidQuery(
@@ -30,12 +34,12 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
             )))
         }))
         .and(with_ctx(ctx))
-        .and_then(get_invoice)
+        .and_then(get_document)
         .boxed()
 }
 
-async fn get_invoice(
-    id: String,
+async fn get_document(
+    (id, kind): (String, &'static str),
     query: DocumentQuery,
     ctx: ApiContext,
 ) -> Result<warp::reply::Response, Rejection> {
@@ -43,10 +47,16 @@ async fn get_invoice(
         .map_err(|_| warp::reject::custom(ApiError::InvalidOrderId(id.clone())))?;
     let unavailable =
         |e: &dyn std::fmt::Display| warp::reject::custom(ApiError::Unavailable(e.to_string()));
-    let doc = repo::document(&ctx.pool, uuid, INVOICE)
+    let doc = repo::document(&ctx.pool, uuid, kind)
         .await
         .map_err(|e| unavailable(&e))?
-        .ok_or_else(|| warp::reject::custom(ApiError::InvoiceNotFound(uuid.to_string())))?;
+        .ok_or_else(|| {
+            warp::reject::custom(if kind == RECEIPT {
+                ApiError::ReceiptNotFound(uuid.to_string())
+            } else {
+                ApiError::InvoiceNotFound(uuid.to_string())
+            })
+        })?;
     if query.inline.is_some() {
         let bytes = ctx
             .s3_breaker
@@ -60,7 +70,7 @@ async fn get_invoice(
             header::HeaderValue::from_static("application/pdf"),
         );
         if let Ok(v) =
-            header::HeaderValue::from_str(&format!("inline; filename=\"invoice-{uuid}.pdf\""))
+            header::HeaderValue::from_str(&format!("inline; filename=\"{kind}-{uuid}.pdf\""))
         {
             headers.insert(header::CONTENT_DISPOSITION, v);
         }

@@ -41,6 +41,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "invoice_not_found" => {
             "The order has no invoice yet: the file service stores it shortly after the order is CONFIRMED; a cancelled order never gets one."
         }
+        "receipt_not_found" => {
+            "The order has no receipt yet: the file service stores one shortly after its card payment is authorized; a declined payment gets none."
+        }
         "payment_not_found" => {
             "The order has no payment yet: it is authorized after its stock is reserved."
         }

@@ -93,6 +93,7 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "orders", _] => "/v1/orders/{id}",
         ["v1", "orders", _, "payment"] => "/v1/orders/{id}/payment",
         ["v1", "orders", _, "invoice"] => "/v1/orders/{id}/invoice",
+        ["v1", "orders", _, "receipt"] => "/v1/orders/{id}/receipt",
         ["v1", "orders", _, "cancel"] => "/v1/orders/{id}/cancel",
         ["v1", "orders", _, "events"] => "/v1/orders/{id}/events",
         ["v1", "products"] => "/v1/products",

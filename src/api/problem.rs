@@ -52,6 +52,8 @@ pub enum ApiError {
     PaymentNotFound(String),
     #[error("order {0} has no invoice yet")]
     InvoiceNotFound(String),
+    #[error("order {0} has no receipt yet")]
+    ReceiptNotFound(String),
     #[error("{0}")]
     OrderNotCancellable(String),
     /// A dependency failed; the detail is logged, never shown.
@@ -95,6 +97,7 @@ impl ApiError {
             ApiError::StockBelowReserved(_) => "stock_below_reserved",
             ApiError::PaymentNotFound(_) => "payment_not_found",
             ApiError::InvoiceNotFound(_) => "invoice_not_found",
+            ApiError::ReceiptNotFound(_) => "receipt_not_found",
             ApiError::OrderNotCancellable(_) => "order_not_cancellable",
             ApiError::Unavailable(_) => "service_unavailable",
         }
@@ -122,6 +125,7 @@ impl ApiError {
             | ApiError::ProductNotFound(_)
             | ApiError::PaymentNotFound(_)
             | ApiError::InvoiceNotFound(_)
+            | ApiError::ReceiptNotFound(_)
             | ApiError::RouteNotFound
             | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -313,6 +317,7 @@ mod tests {
             ApiError::StockBelowReserved(String::new()),
             ApiError::PaymentNotFound(String::new()),
             ApiError::InvoiceNotFound(String::new()),
+            ApiError::ReceiptNotFound(String::new()),
             ApiError::OrderNotCancellable(String::new()),
         ];
         for e in samples {

@@ -183,9 +183,9 @@ impl Payload for OrderConfirmed {
     const VERSION: u16 = 1;
 }
 
-/// A document of the order is stored in S3 (`file.events`).
+/// Where a stored document of an order is, and its checksum.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InvoiceStored {
+pub struct StoredDocument {
     pub bucket: String,
     pub object_key: String,
     pub size_bytes: i64,
@@ -194,8 +194,23 @@ pub struct InvoiceStored {
     pub content_type: String,
 }
 
+/// The order's invoice is stored in S3 (`file.events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InvoiceStored(pub StoredDocument);
+
 impl Payload for InvoiceStored {
     const TYPE: &'static str = "InvoiceStored";
+    const VERSION: u16 = 1;
+}
+
+/// The receipt of the order's payment is stored in S3 (`file.events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReceiptStored(pub StoredDocument);
+
+impl Payload for ReceiptStored {
+    const TYPE: &'static str = "ReceiptStored";
     const VERSION: u16 = 1;
 }
 

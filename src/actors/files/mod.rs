@@ -1,5 +1,6 @@
-//! The file service: keyed workers render each confirmed order's invoice as a PDF, store it in
-//! S3 under a key derived from the order id, record it and announce `InvoiceStored`.
+//! The file service: keyed workers render each confirmed order's invoice and each payment's
+//! receipt as PDFs, store them in S3 under keys derived from the order id, record them and
+//! announce `InvoiceStored` / `ReceiptStored`.
 
 pub mod handler;
 
@@ -16,7 +17,7 @@ use crate::domain::envelope::topics;
 use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::writer::Writers;
 
-/// The file service: consumes `order.events` with a pool of keyed workers.
+/// The file service: consumes `order.events` and `payment.events` with a pool of keyed workers.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
@@ -44,7 +45,7 @@ pub fn service(
         config,
         producer,
         name: "file",
-        topics: vec![topics::ORDER_EVENTS],
+        topics: vec![topics::ORDER_EVENTS, topics::PAYMENT_EVENTS],
         router,
         instance,
     }

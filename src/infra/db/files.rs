@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::DbError;
 use super::messaging::{note_outbox, reply_columns};
 use super::writer::Writer;
-use crate::domain::envelope::{InvoiceStored, topics};
+use crate::domain::envelope::{Payload, StoredDocument, topics};
 use crate::domain::ids::OrderId;
 
 /// A document stored in S3.
@@ -36,23 +36,34 @@ pub struct Cause {
     pub traceparent: Option<String>,
 }
 
-/// Records a stored document and announces it, in the next batch of the files writer. False
-/// when the message was handled before or the order already has a document of this kind
+impl Document {
+    /// Where the document is, as its announcement carries it.
+    pub fn stored(&self) -> StoredDocument {
+        StoredDocument {
+            bucket: self.bucket.clone(),
+            object_key: self.object_key.clone(),
+            size_bytes: self.size_bytes,
+            sha256: self.sha256.clone(),
+            content_type: self.content_type.clone(),
+        }
+    }
+}
+
+/// Records a stored document and its `announcement`, in the next batch of the files writer.
+/// False when the message was handled before or the order already has a document of this kind
 /// (nothing is written or announced then).
-pub async fn record(writer: &Writer, cause: &Cause, doc: &Document) -> Result<bool, DbError> {
-    let announcement = InvoiceStored {
-        bucket: doc.bucket.clone(),
-        object_key: doc.object_key.clone(),
-        size_bytes: doc.size_bytes,
-        sha256: doc.sha256.clone(),
-        content_type: doc.content_type.clone(),
-    };
+pub async fn record<P: Payload>(
+    writer: &Writer,
+    cause: &Cause,
+    doc: &Document,
+    announcement: &P,
+) -> Result<bool, DbError> {
     let binds = Arc::new((
         cause.clone(),
         doc.clone(),
         reply_columns(
             OrderId::from_uuid(doc.order_id),
-            &announcement,
+            announcement,
             cause.traceparent.as_deref(),
         ),
     ));

@@ -39,23 +39,8 @@ impl Invoice {
         i64::try_from(vat).unwrap_or(i64::MAX)
     }
 
-    /// `12.34 EUR` for 1234 minor units of a currency with two minor digits.
     pub fn money(&self, minor: i64) -> String {
-        let digits = u32::from(self.currency.minor_digits());
-        let code = self.currency.code();
-        if digits == 0 {
-            return format!("{minor} {code}");
-        }
-        let scale = 10_i64.pow(digits);
-        let sign = if minor < 0 { "-" } else { "" };
-        let abs = minor.unsigned_abs();
-        let scale = scale.unsigned_abs();
-        format!(
-            "{sign}{}.{:0width$} {code}",
-            abs / scale,
-            abs % scale,
-            width = digits as usize
-        )
+        money(self.currency, minor)
     }
 
     /// The invoice number printed on the document: derived from the order id, so rendering
@@ -125,43 +110,114 @@ impl Invoice {
 
     /// The invoice as PDF bytes.
     pub fn render_pdf(&self) -> Vec<u8> {
-        let catalog = Ref::new(1);
-        let pages = Ref::new(2);
-        let page = Ref::new(3);
-        let font = Ref::new(4);
-        let contents = Ref::new(5);
-        let info = Ref::new(6);
-        let font_name = Name(b"F1");
-
-        let mut pdf = Pdf::new();
-        pdf.catalog(catalog).pages(pages);
-        pdf.pages(pages).kids([page]).count(1);
-        let mut p = pdf.page(page);
-        p.media_box(Rect::new(0.0, 0.0, 595.0, 842.0));
-        p.parent(pages);
-        p.contents(contents);
-        p.resources().fonts().pair(font_name, font);
-        p.finish();
-        pdf.type1_font(font)
-            .base_font(Name(b"Helvetica"))
-            .encoding_predefined(Name(b"WinAnsiEncoding"));
-        pdf.document_info(info)
-            .title(TextStr(&format!("Invoice {}", self.number())))
-            .producer(TextStr("orderflow"));
-
-        let mut content = Content::new();
-        let mut y = 790.0;
-        for (size, indent, line) in self.text() {
-            content.begin_text();
-            content.set_font(font_name, size);
-            content.next_line(50.0 + indent, y);
-            content.show(Str(&latin1(&line)));
-            content.end_text();
-            y -= size + 8.0;
-        }
-        pdf.stream(contents, &content.finish());
-        pdf.finish()
+        render_page(&format!("Invoice {}", self.number()), &self.text())
     }
+}
+
+/// The receipt of an order's card payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub order_id: uuid::Uuid,
+    pub issued_at: DateTime<Utc>,
+    pub seller: String,
+    pub currency: Currency,
+    pub amount_minor: i64,
+    /// The card network's reference of the payment.
+    pub provider_ref: String,
+}
+
+impl Receipt {
+    pub fn number(&self) -> String {
+        format!("RCT-{}", self.order_id.simple())
+    }
+
+    fn text(&self) -> Vec<(f32, f32, String)> {
+        vec![
+            (18.0, 0.0, format!("Receipt {}", self.number())),
+            (11.0, 0.0, format!("Seller: {}", self.seller)),
+            (11.0, 0.0, format!("Order: {}", self.order_id)),
+            (
+                11.0,
+                0.0,
+                format!("Date: {}", self.issued_at.format("%Y-%m-%d %H:%M UTC")),
+            ),
+            (11.0, 0.0, String::new()),
+            (11.0, 0.0, "Paid by card".into()),
+            (
+                11.0,
+                0.0,
+                format!("Payment reference: {}", self.provider_ref),
+            ),
+            (
+                13.0,
+                0.0,
+                format!("Amount paid: {}", money(self.currency, self.amount_minor)),
+            ),
+        ]
+    }
+
+    /// The receipt as PDF bytes.
+    pub fn render_pdf(&self) -> Vec<u8> {
+        render_page(&format!("Receipt {}", self.number()), &self.text())
+    }
+}
+
+/// `12.34 EUR` for 1234 minor units of a currency with two minor digits.
+pub fn money(currency: Currency, minor: i64) -> String {
+    let digits = u32::from(currency.minor_digits());
+    let code = currency.code();
+    if digits == 0 {
+        return format!("{minor} {code}");
+    }
+    let scale = 10_u64.pow(digits);
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$} {code}",
+        abs / scale,
+        abs % scale,
+        width = digits as usize
+    )
+}
+
+/// One A4 page showing `lines` (font size, indent, text) top to bottom, titled `title`.
+fn render_page(title: &str, lines: &[(f32, f32, String)]) -> Vec<u8> {
+    let catalog = Ref::new(1);
+    let pages = Ref::new(2);
+    let page = Ref::new(3);
+    let font = Ref::new(4);
+    let contents = Ref::new(5);
+    let info = Ref::new(6);
+    let font_name = Name(b"F1");
+
+    let mut pdf = Pdf::new();
+    pdf.catalog(catalog).pages(pages);
+    pdf.pages(pages).kids([page]).count(1);
+    let mut p = pdf.page(page);
+    p.media_box(Rect::new(0.0, 0.0, 595.0, 842.0));
+    p.parent(pages);
+    p.contents(contents);
+    p.resources().fonts().pair(font_name, font);
+    p.finish();
+    pdf.type1_font(font)
+        .base_font(Name(b"Helvetica"))
+        .encoding_predefined(Name(b"WinAnsiEncoding"));
+    pdf.document_info(info)
+        .title(TextStr(title))
+        .producer(TextStr("orderflow"));
+
+    let mut content = Content::new();
+    let mut y = 790.0;
+    for (size, indent, line) in lines {
+        content.begin_text();
+        content.set_font(font_name, *size);
+        content.next_line(50.0 + indent, y);
+        content.show(Str(&latin1(line)));
+        content.end_text();
+        y -= size + 8.0;
+    }
+    pdf.stream(contents, &content.finish());
+    pdf.finish()
 }
 
 /// The bytes of `text` in the font's encoding; characters it cannot show become `?`.
@@ -209,6 +265,21 @@ mod tests {
         assert_eq!(i.money(2_500), "25.00 EUR");
         assert_eq!(i.money(5), "0.05 EUR");
         assert_eq!(i.money(-150), "-1.50 EUR");
+    }
+
+    #[test]
+    fn a_receipt_shows_the_amount_and_the_payment_reference() {
+        let r = Receipt {
+            order_id: uuid::Uuid::nil(),
+            issued_at: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            seller: "Shop".into(),
+            currency: Currency::parse("EUR").unwrap_or_else(|| unreachable!()),
+            amount_minor: 6_490,
+            provider_ref: "ch_1".into(),
+        };
+        let text = String::from_utf8_lossy(&r.render_pdf()).into_owned();
+        assert!(text.contains("Amount paid: 64.90 EUR"), "{text}");
+        assert!(text.contains("Payment reference: ch_1"), "{text}");
     }
 
     #[test]
