@@ -40,6 +40,7 @@ fn intake(c: &mut Criterion) {
                     currency: order.currency,
                     lines: order.lines,
                     card_token: Some(order.card_token),
+                    email: order.email,
                 };
                 black_box(Envelope::new(OrderId::new(), &placed, Utc::now()).encode())
             })
@@ -62,6 +63,7 @@ fn decode(c: &mut Criterion) {
         currency: order.currency,
         lines: order.lines,
         card_token: Some(order.card_token),
+        email: order.email,
     };
     let bytes = Envelope::new(OrderId::new(), &placed, Utc::now()).encode();
     let mut group = c.benchmark_group("bridge");

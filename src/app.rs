@@ -20,6 +20,7 @@ use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::writer::{WriterConfig, Writers};
 use crate::infra::outbox::{CommitPublisher, OutboxWakers};
 use crate::infra::payment_provider::{LocalCardNetwork, LocalNetworkRules, PaymentProvider};
+use crate::infra::smtp::Mailer;
 use crate::infra::{db, kafka, redis, s3};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum StartError {
     },
     #[error("the supervision tree did not start: {0}")]
     Actors(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A running orderflow process.
@@ -72,6 +75,12 @@ impl App {
         let producer = kafka::producer(&config.kafka)?;
         let redis = redis::pool(&config.redis)?;
         let s3 = s3::client(&config.s3);
+        let mailer = Mailer::new(&config.smtp).map_err(|e| StartError::Config(e.to_string()))?;
+        let smtp_breaker = Arc::new(CircuitBreaker::new(
+            "smtp",
+            config.smtp.breaker_failures,
+            Duration::from_millis(config.smtp.breaker_open_ms),
+        ));
         let s3_breaker = Arc::new(CircuitBreaker::new(
             "s3",
             config.s3.breaker_failures,
@@ -121,6 +130,8 @@ impl App {
                 payment_provider,
                 s3: s3.clone(),
                 s3_breaker: s3_breaker.clone(),
+                mailer,
+                smtp_breaker: smtp_breaker.clone(),
                 instance: instance.clone(),
             },
         )
@@ -137,6 +148,7 @@ impl App {
             redis,
             s3,
             s3_breaker,
+            smtp_breaker,
             writers,
             metrics,
             serve_v1: services.contains(&Service::Api),

@@ -102,6 +102,8 @@ pub struct Config {
     pub inventory: InventoryConfig,
     pub payment: PaymentConfig,
     pub files: FilesConfig,
+    pub smtp: SmtpConfig,
+    pub notifications: NotificationsConfig,
     pub bridge: BridgeConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
@@ -226,6 +228,51 @@ pub struct InventoryConfig {
     pub reservation_ttl_secs: u64,
     /// How often the sweeper looks for expired reservations.
     pub expiry_interval_ms: u64,
+}
+
+/// The SMTP server notifications are sent through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtp://host:port` (plain SMTP, for a loopback relay or sink such as mailpit).
+    pub url: String,
+    /// The sender, `Name <address>` or an address.
+    pub from: String,
+    pub timeout_ms: u64,
+    /// Consecutive failed sends that open the SMTP circuit, and how long it stays open.
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            url: "smtp://127.0.0.1:1025".into(),
+            from: "Orderflow Demo Shop <orders@orderflow.invalid>".into(),
+            timeout_ms: 5_000,
+            breaker_failures: 5,
+            breaker_open_ms: 2_000,
+        }
+    }
+}
+
+/// The notification service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Keyed workers sending mails.
+    pub workers: usize,
+    /// The API's public address, for the links in mails.
+    pub public_url: String,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
 }
 
 /// The file service: invoices.
@@ -560,6 +607,12 @@ impl Config {
             &mut self.s3.breaker_failures,
         )?;
         env.parse("ORDERFLOW_S3_BREAKER_OPEN_MS", &mut self.s3.breaker_open_ms)?;
+        env.string("ORDERFLOW_SMTP_URL", &mut self.smtp.url);
+        env.string("ORDERFLOW_SMTP_FROM", &mut self.smtp.from);
+        env.string(
+            "ORDERFLOW_NOTIFICATIONS_PUBLIC_URL",
+            &mut self.notifications.public_url,
+        );
         env.string("ORDERFLOW_FILES_SELLER", &mut self.files.seller);
         env.parse("ORDERFLOW_FILES_VAT_PERCENT", &mut self.files.vat_percent)?;
         env.parse(
@@ -676,6 +729,11 @@ impl Config {
         }
         if self.bridge.max_in_flight == 0 || self.bridge.max_attempts == 0 {
             return bad("bridge.max_in_flight and bridge.max_attempts must be at least 1");
+        }
+        if self.notifications.workers == 0 || !self.smtp.url.starts_with("smtp://") {
+            return bad(
+                "notifications.workers must be at least 1 and smtp.url must be smtp://host:port",
+            );
         }
         if self.files.workers == 0 || self.files.vat_percent > 100 {
             return bad("files.workers must be at least 1 and files.vat_percent at most 100");

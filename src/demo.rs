@@ -72,6 +72,7 @@ pub async fn run(config: &Config, url: &str, orders: u32) -> anyhow::Result<()> 
         let s = &SCENARIOS[i as usize % SCENARIOS.len()];
         let body = json!({
             "customer_id": format!("demo-customer-{}", i % 3 + 1),
+            "email": format!("demo-customer-{}@example.com", i % 3 + 1),
             "currency": "EUR",
             "card_token": s.card_token,
             "lines": s.lines.iter().map(|(sku, q)| json!({"sku": sku, "quantity": q})).collect::<Vec<_>>(),

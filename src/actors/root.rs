@@ -23,6 +23,7 @@ use crate::infra::db::messaging::Schema;
 use crate::infra::db::writer::Writers;
 use crate::infra::outbox::OutboxTable;
 use crate::infra::payment_provider::PaymentProvider;
+use crate::infra::smtp::Mailer;
 use crate::metrics as m;
 
 /// A child of the root.
@@ -82,6 +83,8 @@ pub struct RootArgs {
     pub payment_provider: Arc<dyn PaymentProvider>,
     pub s3: aws_sdk_s3::Client,
     pub s3_breaker: Arc<CircuitBreaker>,
+    pub mailer: Mailer,
+    pub smtp_breaker: Arc<CircuitBreaker>,
     pub instance: String,
 }
 
@@ -206,6 +209,7 @@ impl RootState {
                     }
                     wanted.push(Child::Service(Service::File));
                 }
+                Service::Notification => wanted.push(Child::Service(Service::Notification)),
             }
         }
         wanted
@@ -268,6 +272,14 @@ impl RootState {
                         a.s3.clone(),
                         a.s3_breaker.clone(),
                         a.writers.clone(),
+                        a.instance.clone(),
+                    ),
+                    Service::Notification => super::notifications::service(
+                        a.config.clone(),
+                        a.producer.clone(),
+                        a.pool.clone(),
+                        a.mailer.clone(),
+                        a.smtp_breaker.clone(),
                         a.instance.clone(),
                     ),
                     Service::Api => return Ok(()),

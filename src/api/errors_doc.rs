@@ -44,6 +44,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "receipt_not_found" => {
             "The order has no receipt yet: the file service stores one shortly after its card payment is authorized; a declined payment gets none."
         }
+        "invalid_email" => {
+            "email must look like name@example.com: printable ASCII, one @, a dotted domain, at most 254 characters."
+        }
         "payment_not_found" => {
             "The order has no payment yet: it is authorized after its stock is reserved."
         }

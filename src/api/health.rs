@@ -103,8 +103,9 @@ pub async fn readiness(ctx: &ApiContext) -> Readiness {
     } else {
         "unready"
     };
-    let circuits = [(ctx.s3_breaker.dependency(), ctx.s3_breaker.state())]
+    let circuits = [&ctx.s3_breaker, &ctx.smtp_breaker]
         .into_iter()
+        .map(|b| (b.dependency(), b.state()))
         .collect();
     Readiness {
         status,

@@ -5,6 +5,7 @@ pub mod documents;
 pub mod errors_doc;
 pub mod events;
 pub mod health;
+pub mod notifications;
 pub mod orders;
 pub mod payments;
 pub mod problem;
@@ -34,6 +35,8 @@ pub struct ApiContext {
     pub s3: aws_sdk_s3::Client,
     /// The circuit around S3, shared with the file service of this process.
     pub s3_breaker: Arc<CircuitBreaker>,
+    /// The circuit around SMTP, shared with the notification service of this process.
+    pub smtp_breaker: Arc<CircuitBreaker>,
     pub writers: Writers,
     pub metrics: PrometheusHandle,
     /// Serve `/v1` (the `api` service); health and metrics are always served.
@@ -62,6 +65,8 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
             .or(payments::routes(ctx.clone()))
             .unify()
             .or(documents::routes(ctx.clone()))
+            .unify()
+            .or(notifications::routes(ctx.clone()))
             .unify()
             .or(events::routes(ctx))
             .unify()
@@ -94,6 +99,7 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "orders", _, "payment"] => "/v1/orders/{id}/payment",
         ["v1", "orders", _, "invoice"] => "/v1/orders/{id}/invoice",
         ["v1", "orders", _, "receipt"] => "/v1/orders/{id}/receipt",
+        ["v1", "orders", _, "notifications"] => "/v1/orders/{id}/notifications",
         ["v1", "orders", _, "cancel"] => "/v1/orders/{id}/cancel",
         ["v1", "orders", _, "events"] => "/v1/orders/{id}/events",
         ["v1", "products"] => "/v1/products",

@@ -94,6 +94,7 @@ async fn place_order(
         currency: order.currency,
         lines: order.lines.clone(),
         card_token: Some(order.card_token.clone()),
+        email: order.email.clone(),
     };
     let envelope = Envelope::new(id, &placed, now);
     let record = repo::insert_order(

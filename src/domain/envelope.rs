@@ -134,6 +134,9 @@ pub struct OrderPlaced {
     /// The card to charge (optional in v1; absent means `tok_visa`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_token: Option<String>,
+    /// Where the customer's notifications go (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 impl Payload for OrderPlaced {
@@ -411,6 +414,7 @@ mod tests {
                 quantity: 3,
             }],
             card_token: None,
+            email: None,
         }
     }
 

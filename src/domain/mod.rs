@@ -7,3 +7,4 @@ pub mod ids;
 pub mod money;
 pub mod order;
 pub mod saga;
+pub mod templates;

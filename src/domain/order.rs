@@ -24,6 +24,9 @@ pub struct PlaceOrder {
     /// The payment card's token; `tok_visa` when absent (see the payment provider's rules).
     #[serde(default)]
     pub card_token: Option<String>,
+    /// Where the customer's notifications go; none are mailed when absent.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -47,6 +50,33 @@ pub struct NewOrder {
     pub currency: Currency,
     pub lines: Vec<OrderLine>,
     pub card_token: String,
+    pub email: Option<String>,
+}
+
+/// The longest accepted email address (RFC 5321's path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// A plausible mailbox: `local@domain.tld`, printable ASCII without spaces or angle brackets,
+/// at most [`MAX_EMAIL_LEN`] characters. Deliverability is the mail server's business.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let allowed = |b: u8| {
+        b.is_ascii_graphic()
+            && !matches!(
+                b,
+                b'<' | b'>' | b'(' | b')' | b',' | b';' | b'"' | b'\\' | b'[' | b']'
+            )
+    };
+    s.len() <= MAX_EMAIL_LEN
+        && !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && s.bytes().all(allowed)
 }
 
 /// The card token used when an order names none.
@@ -77,6 +107,8 @@ pub enum OrderValidationError {
     DuplicateSku { line: usize, sku: String },
     #[error("card_token must be 1-64 characters of lowercase letters, digits and _")]
     InvalidCardToken,
+    #[error("email must be an address like name@example.com, at most {MAX_EMAIL_LEN} characters")]
+    InvalidEmail,
 }
 
 impl PlaceOrder {
@@ -121,11 +153,17 @@ impl PlaceOrder {
             }
             Some(_) => return Err(OrderValidationError::InvalidCardToken),
         };
+        let email = match &self.email {
+            None => None,
+            Some(e) if valid_email(e) => Some(e.clone()),
+            Some(_) => return Err(OrderValidationError::InvalidEmail),
+        };
         Ok(NewOrder {
             customer_id,
             currency,
             lines,
             card_token,
+            email,
         })
     }
 }
@@ -242,6 +280,21 @@ mod tests {
         let r =
             request(r#"{"customer_id":"","currency":"EUR","lines":[{"sku":"A","quantity":1}]}"#);
         assert_eq!(r.validate(), Err(OrderValidationError::InvalidCustomerId));
+    }
+
+    #[test]
+    fn emails_are_optional_and_checked() {
+        for good in ["a@b.co", "first.last+tag@shop.example.com"] {
+            assert!(valid_email(good), "{good}");
+        }
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@.co", "a@b.co.", "a b@c.co", "a@b@c.co", "<a@b.co>",
+            "é@b.co",
+        ] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(!valid_email(&long));
     }
 
     #[test]

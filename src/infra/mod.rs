@@ -8,3 +8,4 @@ pub mod outbox;
 pub mod payment_provider;
 pub mod redis;
 pub mod s3;
+pub mod smtp;

@@ -3,6 +3,7 @@
 pub mod files;
 pub mod inventory;
 pub mod messaging;
+pub mod notifications;
 pub mod orders;
 pub mod payment;
 pub mod reserve;

@@ -1,0 +1,196 @@
+//! The notification service against the real SMTP sink (mailpit): one mail per customer-visible
+//! event to the order's address, nothing twice on redelivery, a log per order, and orders
+//! without an address logged as skipped.
+
+mod support;
+
+use std::time::Duration;
+
+use orderflow::actors::Service;
+use orderflow::domain::envelope::topics;
+use serde_json::{Value, json};
+use support::{TestApp, TestEnv, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+const ALL: &[Service] = &[
+    Service::Api,
+    Service::Order,
+    Service::Inventory,
+    Service::Payment,
+    Service::File,
+    Service::Notification,
+];
+
+async fn order(app: &TestApp, sku: &str, card: &str, email: Option<&str>) -> String {
+    let mut body = json!({
+        "customer_id": "mail-customer", "currency": "EUR", "card_token": card,
+        "lines": [{"sku": sku, "quantity": 1}],
+    });
+    if let Some(e) = email {
+        body["email"] = json!(e);
+    }
+    let resp = app
+        .http
+        .post(app.url("/v1/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 201);
+    let v: Value = resp.json().await.unwrap_or_default();
+    v["order_id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Subjects of the mails the sink received for `address`.
+async fn mails_to(address: &str) -> Vec<String> {
+    let base = std::env::var("ORDERFLOW_MAILPIT_URL")
+        .unwrap_or_else(|_| panic!("ORDERFLOW_MAILPIT_URL is not set: run through ./scripts/test"));
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/search"))
+        .query(&[("query", format!("to:{address}")), ("limit", "50".into())])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("mailpit: {e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    let mut subjects: Vec<String> = v["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| {
+            m["To"]
+                .as_array()
+                .is_some_and(|to| to.iter().any(|t| t["Address"] == address))
+        })
+        .map(|m| m["Subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+async fn log(app: &TestApp, id: &str) -> Vec<(String, String)> {
+    let v: Value = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}/notifications")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    let mut entries: Vec<(String, String)> = v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            (
+                i["template"].as_str().unwrap_or_default().to_owned(),
+                i["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_order_event_mails_its_customer_once() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(ALL).await;
+    support::create_product(&app.base, "LAMP", 4_500, 10).await;
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let buyer = format!("buyer-{tag}@example.com");
+    let unlucky = format!("declined-{tag}@example.com");
+
+    let id = order(&app, "LAMP", "tok_visa", Some(&buyer)).await;
+    let short = &id.replace('-', "")[24..];
+    let expected = vec![
+        format!("Your invoice for order {short}"),
+        format!("Your order {short} is confirmed"),
+    ];
+    eventually(
+        WAIT,
+        "the confirmation and the invoice are mailed",
+        || async { (mails_to(&buyer).await == expected).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        log(&app, &id).await,
+        vec![
+            ("invoice_ready".to_owned(), "SENT".to_owned()),
+            ("order_confirmed".to_owned(), "SENT".to_owned()),
+        ]
+    );
+
+    // The confirmation delivered three more times: no second mail.
+    let confirmed = support::read_topic(&env.config, topics::ORDER_EVENTS, WAIT, |seen| {
+        seen.iter().any(|s| s.envelope.kind == "OrderConfirmed")
+    })
+    .await
+    .into_iter()
+    .find(|s| s.envelope.kind == "OrderConfirmed")
+    .map(|s| s.envelope)
+    .unwrap_or_else(|| unreachable!());
+    support::publish_all(
+        &env.config,
+        topics::ORDER_EVENTS,
+        &[confirmed.clone(), confirmed.clone(), confirmed],
+    )
+    .await;
+    eventually(WAIT, "the redeliveries are handled", || async {
+        support::group_caught_up(
+            &env.config,
+            &env.config.group("notification"),
+            topics::ORDER_EVENTS,
+        )
+        .then_some(())
+    })
+    .await;
+    assert_eq!(mails_to(&buyer).await, expected, "nothing mailed twice");
+
+    // A declined payment: one cancellation mail, no invoice.
+    let declined = order(&app, "LAMP", "tok_decline", Some(&unlucky)).await;
+    let short = &declined.replace('-', "")[24..];
+    eventually(WAIT, "the cancellation is mailed", || async {
+        (mails_to(&unlucky).await == vec![format!("Your order {short} was cancelled")])
+            .then_some(())
+    })
+    .await;
+
+    // No address: the events are logged as skipped and nothing is mailed.
+    let silent = order(&app, "LAMP", "tok_visa", None).await;
+    eventually(
+        WAIT,
+        "the silent order's notifications are skipped",
+        || async {
+            (log(&app, &silent).await
+                == vec![
+                    ("invoice_ready".to_owned(), "SKIPPED".to_owned()),
+                    ("order_confirmed".to_owned(), "SKIPPED".to_owned()),
+                ])
+            .then_some(())
+        },
+    )
+    .await;
+
+    // A bad address is refused at intake.
+    let bad = app
+        .http
+        .post(app.url("/v1/orders"))
+        .json(&json!({
+            "customer_id": "c", "currency": "EUR", "email": "not an address",
+            "lines": [{"sku": "LAMP", "quantity": 1}],
+        }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bad.status().as_u16(), 422);
+    let problem: Value = bad.json().await.unwrap_or_default();
+    assert_eq!(problem["code"], "invalid_email");
+
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
