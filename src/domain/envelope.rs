@@ -35,6 +35,7 @@ pub mod topics {
         INVENTORY_EVENTS,
         PAYMENT_COMMANDS,
         PAYMENT_EVENTS,
+        FILE_EVENTS,
     ];
     /// Every topic the current services use, for topic provisioning.
     pub const ALL: &[&str] = &[
