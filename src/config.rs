@@ -287,6 +287,11 @@ pub struct FilesConfig {
     pub presign_ttl_secs: u64,
     /// Keyed workers rendering and uploading documents.
     pub workers: usize,
+    /// The largest file a user may upload.
+    pub max_upload_bytes: u64,
+    /// Uploads above this size go to S3 in parts of this size (multipart upload; S3 wants
+    /// parts of at least 5 MiB).
+    pub multipart_part_bytes: u64,
 }
 
 impl Default for FilesConfig {
@@ -296,6 +301,8 @@ impl Default for FilesConfig {
             vat_percent: 20,
             presign_ttl_secs: 300,
             workers: 4,
+            max_upload_bytes: 16 * 1024 * 1024,
+            multipart_part_bytes: 5 * 1024 * 1024,
         }
     }
 }
@@ -616,6 +623,10 @@ impl Config {
         env.string("ORDERFLOW_FILES_SELLER", &mut self.files.seller);
         env.parse("ORDERFLOW_FILES_VAT_PERCENT", &mut self.files.vat_percent)?;
         env.parse(
+            "ORDERFLOW_FILES_MAX_UPLOAD_BYTES",
+            &mut self.files.max_upload_bytes,
+        )?;
+        env.parse(
             "ORDERFLOW_FILES_PRESIGN_TTL_SECS",
             &mut self.files.presign_ttl_secs,
         )?;
@@ -737,6 +748,11 @@ impl Config {
         }
         if self.files.workers == 0 || self.files.vat_percent > 100 {
             return bad("files.workers must be at least 1 and files.vat_percent at most 100");
+        }
+        if self.files.multipart_part_bytes < 5 * 1024 * 1024 || self.files.max_upload_bytes == 0 {
+            return bad(
+                "files.multipart_part_bytes must be at least 5 MiB and files.max_upload_bytes at least 1",
+            );
         }
         if !(1..=604_800).contains(&self.files.presign_ttl_secs) {
             return bad("files.presign_ttl_secs must be between 1 and 604800 (7 days)");

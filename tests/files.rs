@@ -93,6 +93,24 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
     })
     .await;
     assert_eq!(status(&app, &id).await, "CONFIRMED");
+    // The order shows its documents.
+    let order: Value = app
+        .http
+        .get(app.url(&format!("/v1/orders/{id}")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    let hrefs: Vec<&str> = order["documents"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|x| x["href"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        hrefs.contains(&format!("/v1/orders/{id}/invoice").as_str()),
+        "{order}"
+    );
     assert_eq!(
         resp.headers()
             .get("content-type")

@@ -47,6 +47,17 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "invalid_email" => {
             "email must look like name@example.com: printable ASCII, one @, a dotted domain, at most 254 characters."
         }
+        "owner_required" => {
+            "File routes need the x-customer-id header naming the owner (until OAuth2 derives it from the token)."
+        }
+        "unsupported_file_type" => {
+            "Uploads must be PDF, PNG, JPEG or plain text, declared in Content-Type and confirmed by the bytes themselves."
+        }
+        "invalid_file_name" => {
+            "name must be 1-255 characters without slashes or control characters."
+        }
+        "invalid_file_id" => "A file id is a UUID.",
+        "file_not_found" => "No file with this id belongs to the caller.",
         "payment_not_found" => {
             "The order has no payment yet: it is authorized after its stock is reserved."
         }

@@ -10,6 +10,7 @@ pub mod orders;
 pub mod payments;
 pub mod problem;
 pub mod products;
+pub mod uploads;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
             .unify()
             .or(notifications::routes(ctx.clone()))
             .unify()
+            .or(uploads::routes(ctx.clone()))
+            .unify()
             .or(events::routes(ctx))
             .unify()
             .boxed()
@@ -102,6 +105,8 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "orders", _, "notifications"] => "/v1/orders/{id}/notifications",
         ["v1", "orders", _, "cancel"] => "/v1/orders/{id}/cancel",
         ["v1", "orders", _, "events"] => "/v1/orders/{id}/events",
+        ["v1", "files"] => "/v1/files",
+        ["v1", "files", _] => "/v1/files/{id}",
         ["v1", "products"] => "/v1/products",
         ["v1", "products", _] => "/v1/products/{sku}",
         ["health", "live"] => "/health/live",

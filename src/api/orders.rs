@@ -121,13 +121,31 @@ async fn place_order(
 
 async fn get_order(id: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
     let uuid = Uuid::try_parse(&id).map_err(|_| reject(ApiError::InvalidOrderId(id.clone())))?;
-    match repo::get_order(&ctx.pool, uuid)
+    let Some(order) = repo::get_order(&ctx.pool, uuid)
         .await
         .map_err(unavailable)?
-    {
-        Some(order) => Ok(warp::reply::json(&order).into_response()),
-        None => Err(reject(ApiError::OrderNotFound(uuid.to_string()))),
+    else {
+        return Err(reject(ApiError::OrderNotFound(uuid.to_string())));
+    };
+    // The documents the file service stored for it (invoice, receipt), as links.
+    let documents: Vec<serde_json::Value> = crate::infra::db::files::documents_of(&ctx.pool, uuid)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "kind": d.kind,
+                "href": format!("/v1/orders/{uuid}/{}", d.kind),
+                "size_bytes": d.size_bytes,
+                "sha256": d.sha256,
+            })
+        })
+        .collect();
+    let mut body = serde_json::to_value(&order).map_err(unavailable)?;
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("documents".into(), documents.into());
     }
+    Ok(warp::reply::json(&body).into_response())
 }
 
 /// `POST /v1/orders/{id}/cancel`: asks the order's saga to cancel. `202 Accepted`: the saga

@@ -54,6 +54,18 @@ pub enum ApiError {
     InvoiceNotFound(String),
     #[error("order {0} has no receipt yet")]
     ReceiptNotFound(String),
+    #[error(
+        "the x-customer-id header must name the owner (1-64 characters of letters, digits and ._:@-)"
+    )]
+    OwnerRequired,
+    #[error("{0}")]
+    UnsupportedFileType(String),
+    #[error("name must be 1-255 characters without slashes or control characters")]
+    InvalidFileName,
+    #[error("{0:?} is not a file id (a UUID)")]
+    InvalidFileId(String),
+    #[error("no file {0}")]
+    FileNotFound(String),
     #[error("{0}")]
     OrderNotCancellable(String),
     /// A dependency failed; the detail is logged, never shown.
@@ -99,6 +111,11 @@ impl ApiError {
             ApiError::PaymentNotFound(_) => "payment_not_found",
             ApiError::InvoiceNotFound(_) => "invoice_not_found",
             ApiError::ReceiptNotFound(_) => "receipt_not_found",
+            ApiError::OwnerRequired => "owner_required",
+            ApiError::UnsupportedFileType(_) => "unsupported_file_type",
+            ApiError::InvalidFileName => "invalid_file_name",
+            ApiError::InvalidFileId(_) => "invalid_file_id",
+            ApiError::FileNotFound(_) => "file_not_found",
             ApiError::OrderNotCancellable(_) => "order_not_cancellable",
             ApiError::Unavailable(_) => "service_unavailable",
         }
@@ -112,14 +129,18 @@ impl ApiError {
             | ApiError::InvalidFieldType(_)
             | ApiError::InvalidOrderId(_)
             | ApiError::InvalidCursor
+            | ApiError::OwnerRequired
+            | ApiError::InvalidFileId(_)
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            ApiError::Validation(_) | ApiError::InvalidProduct(_) => {
+            ApiError::Validation(_) | ApiError::InvalidProduct(_) | ApiError::InvalidFileName => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::ProductExists(_)
             | ApiError::StockBelowReserved(_)
             | ApiError::OrderNotCancellable(_) => StatusCode::CONFLICT,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedFileType(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::OrderNotFound(_)
@@ -127,6 +148,7 @@ impl ApiError {
             | ApiError::PaymentNotFound(_)
             | ApiError::InvoiceNotFound(_)
             | ApiError::ReceiptNotFound(_)
+            | ApiError::FileNotFound(_)
             | ApiError::RouteNotFound
             | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -320,6 +342,11 @@ mod tests {
             ApiError::PaymentNotFound(String::new()),
             ApiError::InvoiceNotFound(String::new()),
             ApiError::ReceiptNotFound(String::new()),
+            ApiError::OwnerRequired,
+            ApiError::UnsupportedFileType(String::new()),
+            ApiError::InvalidFileName,
+            ApiError::InvalidFileId(String::new()),
+            ApiError::FileNotFound(String::new()),
             ApiError::OrderNotCancellable(String::new()),
         ];
         for e in samples {

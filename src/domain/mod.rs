@@ -7,4 +7,5 @@ pub mod ids;
 pub mod money;
 pub mod order;
 pub mod saga;
+pub mod sniff;
 pub mod templates;

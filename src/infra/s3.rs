@@ -101,6 +101,90 @@ pub async fn put_document(
     Ok(())
 }
 
+/// Stores `bytes` under `key` in parts of `part_bytes` (S3 multipart upload), for objects too
+/// large for one request. A failed part aborts the upload, so no half object stays behind.
+pub async fn put_multipart(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+    content_type: &str,
+    part_bytes: usize,
+    metadata: &[(&str, String)],
+) -> Result<(), S3Error> {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let mut create = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type(content_type);
+    for (k, v) in metadata {
+        create = create.metadata(*k, v);
+    }
+    let upload = create
+        .send()
+        .await
+        .map_err(|e| call_error("create_multipart_upload", e))?;
+    let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+    let mut parts = Vec::new();
+    for (i, chunk) in bytes.chunks(part_bytes.max(1)).enumerate() {
+        let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        let sent = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(aws_sdk_s3::primitives::ByteStream::from(chunk.to_vec()))
+            .send()
+            .await;
+        match sent {
+            Ok(part) => parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_owned))
+                    .build(),
+            ),
+            Err(e) => {
+                let _ = client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                return Err(call_error("upload_part", e));
+            }
+        }
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| call_error("complete_multipart_upload", e))?;
+    Ok(())
+}
+
+/// Deletes the object (nothing happens when it is already gone).
+pub async fn delete(client: &Client, bucket: &str, key: &str) -> Result<(), S3Error> {
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| call_error("delete_object", e))?;
+    Ok(())
+}
+
 /// The object's bytes.
 pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, S3Error> {
     let out = client

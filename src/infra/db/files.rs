@@ -113,6 +113,33 @@ pub async fn record<P: Payload>(
         .await
 }
 
+/// Every document stored for the order, oldest first.
+pub async fn documents_of(pool: &PgPool, order_id: Uuid) -> Result<Vec<Document>, DbError> {
+    let rows = sqlx::query(
+        "SELECT order_id, kind, bucket, object_key, size_bytes, sha256, content_type,
+                customer_id, created_at
+         FROM files.documents WHERE order_id = $1 ORDER BY created_at, kind",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(document_row).collect::<Result<_, _>>()?)
+}
+
+fn document_row(r: &sqlx::postgres::PgRow) -> Result<Document, sqlx::Error> {
+    Ok(Document {
+        order_id: r.try_get("order_id")?,
+        kind: r.try_get("kind")?,
+        bucket: r.try_get("bucket")?,
+        object_key: r.try_get("object_key")?,
+        size_bytes: r.try_get("size_bytes")?,
+        sha256: r.try_get("sha256")?,
+        content_type: r.try_get("content_type")?,
+        customer_id: r.try_get("customer_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
 /// The order's document of `kind`, if stored.
 pub async fn document(
     pool: &PgPool,
@@ -128,18 +155,111 @@ pub async fn document(
     .bind(kind)
     .fetch_optional(pool)
     .await?;
-    let Some(r) = row else {
-        return Ok(None);
-    };
-    Ok(Some(Document {
-        order_id: r.try_get("order_id")?,
-        kind: r.try_get("kind")?,
-        bucket: r.try_get("bucket")?,
-        object_key: r.try_get("object_key")?,
+    Ok(row.as_ref().map(document_row).transpose()?)
+}
+
+/// A file a user uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserFile {
+    pub id: Uuid,
+    #[serde(skip)]
+    pub owner: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    #[serde(skip)]
+    pub bucket: String,
+    #[serde(skip)]
+    pub object_key: String,
+    pub multipart: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+fn user_file(r: &sqlx::postgres::PgRow) -> Result<UserFile, sqlx::Error> {
+    Ok(UserFile {
+        id: r.try_get("id")?,
+        owner: r.try_get("owner")?,
+        file_name: r.try_get("file_name")?,
+        content_type: r.try_get("content_type")?,
         size_bytes: r.try_get("size_bytes")?,
         sha256: r.try_get("sha256")?,
-        content_type: r.try_get("content_type")?,
-        customer_id: r.try_get("customer_id")?,
+        bucket: r.try_get("bucket")?,
+        object_key: r.try_get("object_key")?,
+        multipart: r.try_get("multipart")?,
         created_at: r.try_get("created_at")?,
-    }))
+    })
+}
+
+/// Records an uploaded file (after its object is stored).
+pub async fn insert_user_file(pool: &PgPool, f: &UserFile) -> Result<UserFile, DbError> {
+    let row = sqlx::query(
+        "INSERT INTO files.user_files
+           (id, owner, file_name, content_type, size_bytes, sha256, bucket, object_key, multipart)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         RETURNING id, owner, file_name, content_type, size_bytes, sha256, bucket, object_key,
+                   multipart, created_at",
+    )
+    .bind(f.id)
+    .bind(&f.owner)
+    .bind(&f.file_name)
+    .bind(&f.content_type)
+    .bind(f.size_bytes)
+    .bind(&f.sha256)
+    .bind(&f.bucket)
+    .bind(&f.object_key)
+    .bind(f.multipart)
+    .fetch_one(pool)
+    .await?;
+    Ok(user_file(&row)?)
+}
+
+/// The file `id` if `owner` owns it (another owner's file is "not found").
+pub async fn user_file_of(
+    pool: &PgPool,
+    id: Uuid,
+    owner: &str,
+) -> Result<Option<UserFile>, DbError> {
+    let row = sqlx::query(
+        "SELECT id, owner, file_name, content_type, size_bytes, sha256, bucket, object_key,
+                multipart, created_at
+         FROM files.user_files WHERE id = $1 AND owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.as_ref().map(user_file).transpose()?)
+}
+
+/// The owner's files, newest first (at most `limit`).
+pub async fn user_files(pool: &PgPool, owner: &str, limit: i64) -> Result<Vec<UserFile>, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, owner, file_name, content_type, size_bytes, sha256, bucket, object_key,
+                multipart, created_at
+         FROM files.user_files WHERE owner = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+    )
+    .bind(owner)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(user_file).collect::<Result<_, _>>()?)
+}
+
+/// Forgets the file `id` of `owner`; the removed record, if there was one.
+pub async fn delete_user_file(
+    pool: &PgPool,
+    id: Uuid,
+    owner: &str,
+) -> Result<Option<UserFile>, DbError> {
+    let row = sqlx::query(
+        "DELETE FROM files.user_files WHERE id = $1 AND owner = $2
+         RETURNING id, owner, file_name, content_type, size_bytes, sha256, bucket, object_key,
+                   multipart, created_at",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.as_ref().map(user_file).transpose()?)
 }

@@ -1,0 +1,271 @@
+//! User files: `POST /v1/files` (the body is the file; streamed with a size limit; its type
+//! checked against its bytes), `GET /v1/files` (the owner's files), `GET /v1/files/{id}` (a
+//! redirect to a presigned download), `DELETE /v1/files/{id}`.
+//!
+//! The owner is the `x-customer-id` header until OAuth2 (issue #5) derives it from the token;
+//! another owner's file answers 404, as if it did not exist.
+
+use std::time::Duration;
+
+use bytes::Buf;
+use futures::StreamExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use warp::http::{StatusCode, header};
+use warp::{Filter, Rejection, Reply};
+
+use super::problem::ApiError;
+use super::{ApiContext, with_ctx};
+use crate::domain::ids::CustomerId;
+use crate::domain::sniff;
+use crate::infra::db::files::{self as repo, UserFile};
+use crate::infra::s3;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    name: String,
+}
+
+pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let owner = warp::header::optional::<String>("x-customer-id").and_then(
+        |o: Option<String>| async move {
+            o.as_deref()
+                .and_then(CustomerId::parse)
+                .map(|c| c.to_string())
+                .ok_or_else(|| warp::reject::custom(ApiError::OwnerRequired))
+        },
+    );
+    let upload = warp::path!("v1" / "files")
+        .and(warp::post())
+        .and(owner)
+        .and(warp::query::<UploadQuery>().or_else(|_| async {
+            Err(warp::reject::custom(ApiError::InvalidQuery(
+                "name=<file name> is required, nothing else".into(),
+            )))
+        }))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and(with_ctx(ctx.clone()))
+        .and_then(upload);
+    let list = warp::path!("v1" / "files")
+        .and(warp::get())
+        .and(owner)
+        .and(with_ctx(ctx.clone()))
+        .and_then(list);
+    let download = warp::path!("v1" / "files" / String)
+        .and(warp::get())
+        .and(owner)
+        .and(with_ctx(ctx.clone()))
+        .and_then(download);
+    let remove = warp::path!("v1" / "files" / String)
+        .and(warp::delete())
+        .and(owner)
+        .and(with_ctx(ctx))
+        .and_then(remove);
+    upload
+        .or(list)
+        .unify()
+        .or(download)
+        .unify()
+        .or(remove)
+        .unify()
+        .boxed()
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> Rejection {
+    warp::reject::custom(ApiError::Unavailable(e.to_string()))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '\\')
+}
+
+async fn upload<S, B>(
+    owner: String,
+    query: UploadQuery,
+    content_type: Option<String>,
+    content_length: Option<u64>,
+    mut body: S,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let limit = ctx.config.files.max_upload_bytes;
+    if let Some(n) = content_length.filter(|n| *n > limit) {
+        // A body up to twice the limit is read and dropped, so the client (still sending) gets
+        // the 413 instead of a reset connection; a larger one is cut off at once.
+        if n <= limit.saturating_mul(2) {
+            drain(&mut body, n).await;
+        }
+        return Err(warp::reject::custom(ApiError::BodyTooLarge(limit)));
+    }
+    if !valid_name(&query.name) {
+        return Err(warp::reject::custom(ApiError::InvalidFileName));
+    }
+    let declared = content_type
+        .as_deref()
+        .map(sniff::essence)
+        .unwrap_or_default();
+    if !sniff::ALLOWED.contains(&declared.as_str()) {
+        return Err(warp::reject::custom(ApiError::UnsupportedFileType(
+            format!("{declared:?} is not one of {}", sniff::ALLOWED.join(", ")),
+        )));
+    }
+    // Read the stream chunk by chunk, refusing as soon as it passes the limit.
+    let mut bytes: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            warp::reject::custom(ApiError::MalformedJson(format!(
+                "the upload broke off: {e}"
+            )))
+        })?;
+        if bytes.len() as u64 + chunk.remaining() as u64 > limit {
+            drain(&mut body, limit).await;
+            return Err(warp::reject::custom(ApiError::BodyTooLarge(limit)));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    match sniff::sniff(&bytes) {
+        Some(actual) if actual == declared => {}
+        actual => {
+            return Err(warp::reject::custom(ApiError::UnsupportedFileType(
+                format!(
+                    "declared {declared}, but the bytes are {}",
+                    actual.unwrap_or("not an allowed type")
+                ),
+            )));
+        }
+    }
+    let id = Uuid::now_v7();
+    let key = format!("uploads/{id}");
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let part = usize::try_from(ctx.config.files.multipart_part_bytes).unwrap_or(usize::MAX);
+    let multipart = bytes.len() > part;
+    let metadata = [("owner", owner.clone()), ("file-name", query.name.clone())];
+    let bucket = ctx.config.s3.bucket.clone();
+    let stored = if multipart {
+        ctx.s3_breaker
+            .call(s3::put_multipart(
+                &ctx.s3, &bucket, &key, &bytes, &declared, part, &metadata,
+            ))
+            .await
+    } else {
+        ctx.s3_breaker
+            .call(s3::put_document(
+                &ctx.s3,
+                &bucket,
+                &key,
+                bytes.clone(),
+                &declared,
+                &digest,
+                &metadata,
+            ))
+            .await
+    };
+    stored.map_err(|e| unavailable(&e))?;
+    let file = UserFile {
+        id,
+        owner,
+        file_name: query.name,
+        content_type: declared,
+        size_bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+        sha256: s3::hex(&digest),
+        bucket,
+        object_key: key,
+        multipart,
+        created_at: chrono::Utc::now(),
+    };
+    let file = repo::insert_user_file(&ctx.pool, &file)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    tracing::info!(file_id = %file.id, bytes = file.size_bytes, multipart, "file uploaded");
+    let mut resp =
+        warp::reply::with_status(warp::reply::json(&file), StatusCode::CREATED).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/files/{}", file.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Reads and drops up to `at_most` more bytes of the body.
+async fn drain<S, B>(body: &mut S, at_most: u64)
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let mut dropped = 0_u64;
+    while dropped < at_most {
+        match body.next().await {
+            Some(Ok(chunk)) => dropped += chunk.remaining() as u64,
+            _ => break,
+        }
+    }
+}
+
+async fn list(owner: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
+    let items = repo::user_files(&ctx.pool, &owner, 100)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(warp::reply::json(&serde_json::json!({ "items": items })).into_response())
+}
+
+fn file_id(id: &str) -> Result<Uuid, Rejection> {
+    Uuid::try_parse(id).map_err(|_| warp::reject::custom(ApiError::InvalidFileId(id.to_owned())))
+}
+
+async fn download(
+    id: String,
+    owner: String,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection> {
+    let uuid = file_id(&id)?;
+    let file = repo::user_file_of(&ctx.pool, uuid, &owner)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| warp::reject::custom(ApiError::FileNotFound(id.clone())))?;
+    let ttl = Duration::from_secs(ctx.config.files.presign_ttl_secs);
+    let url = s3::presigned_get(&ctx.s3, &file.bucket, &file.object_key, ttl)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let location = header::HeaderValue::from_str(&url).map_err(|e| unavailable(&e))?;
+    let mut resp = warp::reply::Response::new(Vec::<u8>::new().into());
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp.headers_mut().insert(header::LOCATION, location);
+    Ok(resp)
+}
+
+async fn remove(
+    id: String,
+    owner: String,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection> {
+    let uuid = file_id(&id)?;
+    let file = repo::delete_user_file(&ctx.pool, uuid, &owner)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| warp::reject::custom(ApiError::FileNotFound(id.clone())))?;
+    // The record is gone first: a failed object delete leaves an orphan object, never a record
+    // pointing at nothing.
+    if let Err(e) = ctx
+        .s3_breaker
+        .call(s3::delete(&ctx.s3, &file.bucket, &file.object_key))
+        .await
+    {
+        tracing::warn!(file_id = %file.id, error = %e, "the object stays behind; its record is deleted");
+    }
+    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}
