@@ -79,8 +79,19 @@ async fn get_document(
         }
         return Ok(resp);
     }
+    presigned_redirect(&ctx, &doc.bucket, &doc.object_key).await
+}
+
+/// `303 See Other` to a presigned download of the object, valid `files.presign_ttl_secs`.
+pub(super) async fn presigned_redirect(
+    ctx: &ApiContext,
+    bucket: &str,
+    key: &str,
+) -> Result<warp::reply::Response, Rejection> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| warp::reject::custom(ApiError::Unavailable(e.to_string()));
     let ttl = Duration::from_secs(ctx.config.files.presign_ttl_secs);
-    let url = s3::presigned_get(&ctx.s3, &doc.bucket, &doc.object_key, ttl)
+    let url = s3::presigned_get(&ctx.s3, bucket, key, ttl)
         .await
         .map_err(|e| unavailable(&e))?;
     let location = header::HeaderValue::from_str(&url).map_err(|e| unavailable(&e))?;

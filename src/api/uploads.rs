@@ -5,8 +5,6 @@
 //! The owner is the `x-customer-id` header until OAuth2 (issue #5) derives it from the token;
 //! another owner's file answers 404, as if it did not exist.
 
-use std::time::Duration;
-
 use bytes::Buf;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -237,15 +235,7 @@ async fn download(
         .await
         .map_err(|e| unavailable(&e))?
         .ok_or_else(|| warp::reject::custom(ApiError::FileNotFound(id.clone())))?;
-    let ttl = Duration::from_secs(ctx.config.files.presign_ttl_secs);
-    let url = s3::presigned_get(&ctx.s3, &file.bucket, &file.object_key, ttl)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let location = header::HeaderValue::from_str(&url).map_err(|e| unavailable(&e))?;
-    let mut resp = warp::reply::Response::new(Vec::<u8>::new().into());
-    *resp.status_mut() = StatusCode::SEE_OTHER;
-    resp.headers_mut().insert(header::LOCATION, location);
-    Ok(resp)
+    super::documents::presigned_redirect(&ctx, &file.bucket, &file.object_key).await
 }
 
 async fn remove(
