@@ -227,6 +227,9 @@ async fn print_invoice_links(url: &str, placed: &[(&str, String)]) -> anyhow::Re
     println!(
         "  (invoice links are presigned and expire; GET /v1/orders/{{id}}/invoice makes a new one)"
     );
+    println!(
+        "  the customers' mails: the SMTP sink's inbox (mailpit: http://127.0.0.1:8025 locally); each order's log: GET /v1/orders/{{id}}/notifications"
+    );
     Ok(())
 }
 
