@@ -21,6 +21,7 @@ use crate::actors::Service;
 use crate::app::App;
 use crate::config::Config;
 use crate::domain::envelope::{Envelope, topics};
+use crate::infra::kafka;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -99,6 +100,13 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         Some(url) => (None, url.trim_end_matches('/').to_owned()),
         None => {
             config.http.bind = "127.0.0.1:0".parse().map_err(setup)?;
+            // A run of its own: fresh topics and groups, so it never leaves a backlog for the
+            // deployment that `orderflow serve` runs on the same broker (they are deleted at
+            // the end), and it never reads that deployment's history.
+            let run = uuid::Uuid::now_v7().simple().to_string();
+            let run = format!("load-{}.", &run[run.len() - 12..]);
+            config.kafka.topic_prefix = format!("{}{run}", config.kafka.topic_prefix);
+            config.kafka.group_prefix = format!("{}{run}", config.kafka.group_prefix);
             let app = App::build(config.clone(), Service::ALL)
                 .await
                 .map_err(|e| LoadError::Start(e.to_string()))?;
@@ -248,6 +256,12 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
     }
     if let Some(app) = app {
         app.shutdown().await;
+        match kafka::delete_prefixed(&config.kafka, &config.kafka.topic_prefix).await {
+            Ok(n) => tracing::debug!(topics = n, "the run's topics are deleted"),
+            Err(e) => {
+                tracing::warn!(error = %e, prefix = %config.kafka.topic_prefix, "the run's topics stay behind")
+            }
+        }
     }
     rss_task.abort();
 

@@ -144,6 +144,44 @@ pub async fn ensure_topics(config: &Config, logical: &[&str]) -> Result<(), Kafk
     wait_for_leaders(admin, names, config.kafka.partitions).await
 }
 
+/// Deletes every topic whose name starts with `prefix` (a finished load run's topics).
+/// Returns how many were deleted.
+pub async fn delete_prefixed(
+    config: &KafkaConfig,
+    prefix: &str,
+) -> Result<usize, KafkaAdapterError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(config).create()?;
+    let wanted = prefix.to_owned();
+    let (admin, names) = tokio::task::spawn_blocking(move || {
+        let names: Vec<String> = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .filter(|n| n.starts_with(&wanted))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (admin, names)
+    })
+    .await
+    .map_err(|e| KafkaAdapterError::Probe(e.to_string()))?;
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deleted = admin
+        .delete_topics(&refs, &options)
+        .await?
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    Ok(deleted)
+}
+
 /// Waits until every partition of `topics` has a leader: a topic that was just created
 /// answers `NotLeaderForPartition` to producers and watermark queries for a moment.
 async fn wait_for_leaders(
