@@ -54,6 +54,38 @@ impl Actor for KeyedWorker {
 }
 
 /// Routes each record to worker `hash(key) % workers`, starting it on first use.
+/// The arguments of a service whose records `handler` handles on `workers` keyed workers
+/// (inventory, payment, file, notification): one router per partition bridge, all sharing the
+/// handler.
+pub fn keyed_service(
+    config: Arc<crate::config::Config>,
+    producer: rdkafka::producer::FutureProducer,
+    name: &'static str,
+    topics: Vec<&'static str>,
+    workers: usize,
+    handler: Arc<dyn CommandHandler>,
+    instance: String,
+) -> crate::actors::service::ServiceArgs {
+    let router_instance = instance.clone();
+    let router: crate::actors::service::RouterFactory = Arc::new(move |supervisor: ActorCell| {
+        Arc::new(WorkerRouter {
+            service: name,
+            instance: router_instance.clone(),
+            workers,
+            handler: handler.clone(),
+            supervisor,
+        }) as Arc<dyn crate::actors::bridge::Router>
+    });
+    crate::actors::service::ServiceArgs {
+        config,
+        producer,
+        name,
+        topics,
+        router,
+        instance,
+    }
+}
+
 pub struct WorkerRouter {
     pub service: &'static str,
     pub instance: String,

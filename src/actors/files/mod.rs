@@ -4,14 +4,11 @@
 
 pub mod handler;
 
+use sqlx::PgPool;
 use std::sync::Arc;
 
-use ractor::ActorCell;
-use sqlx::PgPool;
-
-use crate::actors::bridge::Router;
-use crate::actors::service::{RouterFactory, ServiceArgs};
-use crate::actors::worker::WorkerRouter;
+use crate::actors::service::ServiceArgs;
+use crate::actors::worker::keyed_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::circuit::CircuitBreaker;
@@ -31,22 +28,13 @@ pub fn service(
         &config, pool, s3, s3_breaker, writers,
     ));
     let workers = config.files.workers;
-    let router_instance = instance.clone();
-    let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
-        Arc::new(WorkerRouter {
-            service: "file",
-            instance: router_instance.clone(),
-            workers,
-            handler: handler.clone(),
-            supervisor,
-        }) as Arc<dyn Router>
-    });
-    ServiceArgs {
+    keyed_service(
         config,
         producer,
-        name: "file",
-        topics: vec![topics::ORDER_EVENTS, topics::PAYMENT_EVENTS],
-        router,
+        "file",
+        vec![topics::ORDER_EVENTS, topics::PAYMENT_EVENTS],
+        workers,
+        handler,
         instance,
-    }
+    )
 }

@@ -6,11 +6,8 @@ pub mod handler;
 
 use std::sync::Arc;
 
-use ractor::ActorCell;
-
-use crate::actors::bridge::Router;
-use crate::actors::service::{RouterFactory, ServiceArgs};
-use crate::actors::worker::WorkerRouter;
+use crate::actors::service::ServiceArgs;
+use crate::actors::worker::keyed_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::db::writer::Writers;
@@ -24,22 +21,13 @@ pub fn service(
 ) -> ServiceArgs {
     let handler = Arc::new(handler::InventoryHandler::new(&config, writers));
     let workers = config.inventory.workers;
-    let router_instance = instance.clone();
-    let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
-        Arc::new(WorkerRouter {
-            service: "inventory",
-            instance: router_instance.clone(),
-            workers,
-            handler: handler.clone(),
-            supervisor,
-        }) as Arc<dyn Router>
-    });
-    ServiceArgs {
+    keyed_service(
         config,
         producer,
-        name: "inventory",
-        topics: vec![topics::INVENTORY_COMMANDS],
-        router,
+        "inventory",
+        vec![topics::INVENTORY_COMMANDS],
+        workers,
+        handler,
         instance,
-    }
+    )
 }

@@ -3,14 +3,11 @@
 
 pub mod handler;
 
+use sqlx::PgPool;
 use std::sync::Arc;
 
-use ractor::ActorCell;
-use sqlx::PgPool;
-
-use crate::actors::bridge::Router;
-use crate::actors::service::{RouterFactory, ServiceArgs};
-use crate::actors::worker::WorkerRouter;
+use crate::actors::service::ServiceArgs;
+use crate::actors::worker::keyed_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::circuit::CircuitBreaker;
@@ -29,22 +26,13 @@ pub fn service(
         &config, pool, mailer, breaker,
     ));
     let workers = config.notifications.workers;
-    let router_instance = instance.clone();
-    let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
-        Arc::new(WorkerRouter {
-            service: "notification",
-            instance: router_instance.clone(),
-            workers,
-            handler: handler.clone(),
-            supervisor,
-        }) as Arc<dyn Router>
-    });
-    ServiceArgs {
+    keyed_service(
         config,
         producer,
-        name: "notification",
-        topics: vec![topics::ORDER_EVENTS, topics::FILE_EVENTS],
-        router,
+        "notification",
+        vec![topics::ORDER_EVENTS, topics::FILE_EVENTS],
+        workers,
+        handler,
         instance,
-    }
+    )
 }

@@ -3,14 +3,11 @@
 
 pub mod handler;
 
+use sqlx::PgPool;
 use std::sync::Arc;
 
-use ractor::ActorCell;
-use sqlx::PgPool;
-
-use crate::actors::bridge::Router;
-use crate::actors::service::{RouterFactory, ServiceArgs};
-use crate::actors::worker::WorkerRouter;
+use crate::actors::service::ServiceArgs;
+use crate::actors::worker::keyed_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::db::writer::Writers;
@@ -29,22 +26,13 @@ pub fn service(
         pool, provider, &config, writers,
     ));
     let workers = config.payment.workers;
-    let router_instance = instance.clone();
-    let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
-        Arc::new(WorkerRouter {
-            service: "payment",
-            instance: router_instance.clone(),
-            workers,
-            handler: handler.clone(),
-            supervisor,
-        }) as Arc<dyn Router>
-    });
-    ServiceArgs {
+    keyed_service(
         config,
         producer,
-        name: "payment",
-        topics: vec![topics::PAYMENT_COMMANDS],
-        router,
+        "payment",
+        vec![topics::PAYMENT_COMMANDS],
+        workers,
+        handler,
         instance,
-    }
+    )
 }

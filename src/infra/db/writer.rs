@@ -219,7 +219,7 @@ async fn write_loop(
         let started = std::time::Instant::now();
         metrics::histogram!(m::WRITER_BATCH_JOBS, "schema" => schema.name())
             .record(batch.len() as f64);
-        let mut attempt = Attempt {
+        let attempt = Attempt {
             pool: &pool,
             schema,
             direct: publish.direct(),
@@ -302,7 +302,7 @@ impl Attempt<'_> {
         outbox::own_rows(conn, self.schema, &noted).await
     }
 
-    async fn batch(&mut self, batch: &mut [Box<dyn Job>]) -> Result<Vec<OutboxRecord>, BatchError> {
+    async fn batch(&self, batch: &mut [Box<dyn Job>]) -> Result<Vec<OutboxRecord>, BatchError> {
         let mut conn = self
             .pool
             .acquire()
@@ -321,7 +321,7 @@ impl Attempt<'_> {
         Ok(records)
     }
 
-    async fn alone(&mut self, job: &mut (dyn Job + 'static)) -> Result<Vec<OutboxRecord>, DbError> {
+    async fn alone(&self, job: &mut (dyn Job + 'static)) -> Result<Vec<OutboxRecord>, DbError> {
         let mut tx = self.pool.begin().await?;
         let records = self.run_jobs(&mut tx, &mut [job]).await?;
         tx.commit().await?;
