@@ -22,33 +22,16 @@ const ALL: &[Service] = &[
 ];
 
 async fn order(app: &TestApp, lines: &[(&str, u32)], card: &str) -> String {
-    let body = json!({
-        "customer_id": "invoice-customer", "currency": "EUR", "card_token": card,
-        "lines": lines.iter().map(|(s, q)| json!({"sku": s, "quantity": q})).collect::<Vec<_>>(),
-    });
-    let resp = app
-        .http
-        .post(app.url("/v1/orders"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
-    let v: Value = resp.json().await.unwrap_or_default();
-    v["order_id"].as_str().unwrap_or_default().to_owned()
+    let mut body = support::order_body("invoice-customer", lines);
+    body["card_token"] = json!(card);
+    app.place_order_id(&body).await
 }
 
 async fn status(app: &TestApp, id: &str) -> String {
-    let v: Value = app
-        .http
-        .get(app.url(&format!("/v1/orders/{id}")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
-    v["status"].as_str().unwrap_or_default().to_owned()
+    app.get_json(&format!("/v1/orders/{id}")).await["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The text a PDF shows, from the string operands of its text-showing operators.
@@ -94,15 +77,7 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
     .await;
     assert_eq!(status(&app, &id).await, "CONFIRMED");
     // The order shows its documents.
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/v1/orders/{id}")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
+    let order = app.get_json(&format!("/v1/orders/{id}")).await;
     let hrefs: Vec<&str> = order["documents"]
         .as_array()
         .map(|d| d.iter().filter_map(|x| x["href"].as_str()).collect())
@@ -245,15 +220,7 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(receipt.status().as_u16(), 200);
-    let payment: Value = app
-        .http
-        .get(app.url(&format!("/v1/orders/{id}/payment")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
+    let payment = app.get_json(&format!("/v1/orders/{id}/payment")).await;
     let receipt_text = pdf_text(&receipt.bytes().await.unwrap_or_default());
     assert!(
         receipt_text.contains("Amount paid: 64.90 EUR"),

@@ -22,23 +22,12 @@ const ALL: &[Service] = &[
 ];
 
 async fn order(app: &TestApp, sku: &str, card: &str, email: Option<&str>) -> String {
-    let mut body = json!({
-        "customer_id": "mail-customer", "currency": "EUR", "card_token": card,
-        "lines": [{"sku": sku, "quantity": 1}],
-    });
+    let mut body = support::order_body("mail-customer", &[(sku, 1)]);
+    body["card_token"] = json!(card);
     if let Some(e) = email {
         body["email"] = json!(e);
     }
-    let resp = app
-        .http
-        .post(app.url("/v1/orders"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 201);
-    let v: Value = resp.json().await.unwrap_or_default();
-    v["order_id"].as_str().unwrap_or_default().to_owned()
+    app.place_order_id(&body).await
 }
 
 /// Subjects of the mails the sink received for `address`.
@@ -71,15 +60,9 @@ async fn mails_to(address: &str) -> Vec<String> {
 }
 
 async fn log(app: &TestApp, id: &str) -> Vec<(String, String)> {
-    let v: Value = app
-        .http
-        .get(app.url(&format!("/v1/orders/{id}/notifications")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
+    let v = app
+        .get_json(&format!("/v1/orders/{id}/notifications"))
+        .await;
     let mut entries: Vec<(String, String)> = v["items"]
         .as_array()
         .cloned()

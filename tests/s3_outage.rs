@@ -6,12 +6,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use orderflow::actors::Service;
-use serde_json::{Value, json};
-use support::{TestApp, TestEnv, eventually};
+use serde_json::json;
+use support::{Daemon, TestApp, TestEnv, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(90);
 const ALL: &[Service] = &[
@@ -22,54 +21,19 @@ const ALL: &[Service] = &[
     Service::File,
 ];
 
-struct S3Server {
-    child: tokio::process::Child,
-}
-
-impl S3Server {
-    async fn start(port: u16, dir: &std::path::Path) -> S3Server {
-        let bin = std::env::var("ORDERFLOW_TEST_S3S_BIN").unwrap_or_else(|_| {
-            panic!("ORDERFLOW_TEST_S3S_BIN is not set: run through ./scripts/test (scripts/infra env sets it)")
-        });
-        let child = tokio::process::Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--access-key",
-                "orderflow",
-                "--secret-key",
-                "orderflow-secret",
-            ])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start s3s-fs: {e}"));
-        eventually(
-            Duration::from_secs(10),
-            "the private S3 server answers",
-            || async {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
-        S3Server { child }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        let _ = self.child.wait().await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
+async fn start_s3(port: u16, dir: &std::path::Path) -> Daemon {
+    let args = [
+        "--host".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--port".to_owned(),
+        port.to_string(),
+        "--access-key".to_owned(),
+        "orderflow".to_owned(),
+        "--secret-key".to_owned(),
+        "orderflow-secret".to_owned(),
+        dir.display().to_string(),
+    ];
+    Daemon::start("ORDERFLOW_TEST_S3S_BIN", &args, &[port]).await
 }
 
 async fn place(app: &TestApp, n: usize) -> Vec<String> {
@@ -79,16 +43,7 @@ async fn place(app: &TestApp, n: usize) -> Vec<String> {
             "customer_id": format!("c{i}"), "currency": "EUR", "card_token": "tok_visa",
             "lines": [{"sku": "PAPER", "quantity": 1}],
         });
-        let resp = app
-            .http
-            .post(app.url("/v1/orders"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(resp.status().as_u16(), 201);
-        let v: Value = resp.json().await.unwrap_or_default();
-        ids.push(v["order_id"].as_str().unwrap_or_default().to_owned());
+        ids.push(app.place_order_id(&body).await);
     }
     ids
 }
@@ -96,16 +51,7 @@ async fn place(app: &TestApp, n: usize) -> Vec<String> {
 async fn confirmed(app: &TestApp, ids: &[String]) -> usize {
     let mut n = 0;
     for id in ids {
-        let v: Value = app
-            .http
-            .get(app.url(&format!("/v1/orders/{id}")))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .json()
-            .await
-            .unwrap_or_default();
-        if v["status"] == "CONFIRMED" {
+        if app.get_json(&format!("/v1/orders/{id}")).await["status"] == "CONFIRMED" {
             n += 1;
         }
     }
@@ -113,16 +59,10 @@ async fn confirmed(app: &TestApp, ids: &[String]) -> usize {
 }
 
 async fn s3_circuit(app: &TestApp) -> String {
-    let v: Value = app
-        .http
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
-    v["circuits"]["s3"].as_str().unwrap_or_default().to_owned()
+    app.get_json("/health/ready").await["circuits"]["s3"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +70,7 @@ async fn s3_down_opens_the_circuit_orders_still_confirm_and_every_invoice_is_sto
     let dir = std::env::temp_dir().join(format!("orderflow-s3-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let port = free_port();
-    let s3 = S3Server::start(port, &dir).await;
+    let s3 = start_s3(port, &dir).await;
 
     let mut env = TestEnv::new().await;
     env.config.s3.endpoint = format!("http://127.0.0.1:{port}");
@@ -169,7 +109,7 @@ async fn s3_down_opens_the_circuit_orders_still_confirm_and_every_invoice_is_sto
     );
 
     // S3 is back (same port, same data): the waiting invoices are stored, each exactly once.
-    let s3 = S3Server::start(port, &dir).await;
+    let s3 = start_s3(port, &dir).await;
     eventually(
         WAIT,
         "every confirmed order has its invoice and receipt",

@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use orderflow::actors::Service;
 use serde_json::{Value, json};
-use support::{TestApp, TestEnv, eventually};
+use support::{Daemon, TestApp, TestEnv, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(90);
 const ALL: &[Service] = &[
@@ -21,73 +20,37 @@ const ALL: &[Service] = &[
     Service::Notification,
 ];
 
-struct Sink {
-    child: tokio::process::Child,
+async fn start_sink(smtp: u16, http: u16, db: &std::path::Path) -> Daemon {
+    let args = [
+        "--smtp".to_owned(),
+        format!("127.0.0.1:{smtp}"),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{http}"),
+        "--database".to_owned(),
+        db.display().to_string(),
+    ];
+    Daemon::start("ORDERFLOW_TEST_MAILPIT_BIN", &args, &[smtp, http]).await
 }
 
-impl Sink {
-    async fn start(smtp: u16, http: u16, db: &std::path::Path) -> Sink {
-        let bin = std::env::var("ORDERFLOW_TEST_MAILPIT_BIN").unwrap_or_else(|_| {
-            panic!("ORDERFLOW_TEST_MAILPIT_BIN is not set: run through ./scripts/test (scripts/infra env sets it)")
-        });
-        let child = tokio::process::Command::new(bin)
-            .args(["--smtp", &format!("127.0.0.1:{smtp}")])
-            .args(["--listen", &format!("127.0.0.1:{http}")])
-            .arg("--database")
-            .arg(db)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start mailpit: {e}"));
-        for port in [smtp, http] {
-            eventually(
-                Duration::from_secs(15),
-                "the private SMTP sink answers",
-                || async {
-                    tokio::net::TcpStream::connect(("127.0.0.1", port))
-                        .await
-                        .ok()
-                        .map(|_| ())
-                },
-            )
-            .await;
-        }
-        Sink { child }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        let _ = self.child.wait().await;
-    }
-
-    /// Subjects of every mail received, sorted.
-    async fn subjects(http: u16) -> Vec<String> {
-        let v: Value = match reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{http}/api/v1/messages?limit=500"))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => return Vec::new(),
-        };
-        let mut s: Vec<String> = v["messages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|m| m["Subject"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        s.sort();
-        s
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
+/// Subjects of every mail the sink on `http` received, sorted.
+async fn subjects(http: u16) -> Vec<String> {
+    let v: Value = match reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{http}/api/v1/messages?limit=500"))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => return Vec::new(),
+    };
+    let mut s: Vec<String> = v["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m["Subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    s.sort();
+    s
 }
 
 async fn place(app: &TestApp, n: usize) -> Vec<String> {
@@ -97,32 +60,14 @@ async fn place(app: &TestApp, n: usize) -> Vec<String> {
             "customer_id": format!("c{i}"), "currency": "EUR", "email": format!("c{i}@example.com"),
             "lines": [{"sku": "INK", "quantity": 1}],
         });
-        let resp = app
-            .http
-            .post(app.url("/v1/orders"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(resp.status().as_u16(), 201);
-        let v: Value = resp.json().await.unwrap_or_default();
-        ids.push(v["order_id"].as_str().unwrap_or_default().to_owned());
+        ids.push(app.place_order_id(&body).await);
     }
     ids
 }
 
 async fn all_confirmed(app: &TestApp, ids: &[String]) -> bool {
     for id in ids {
-        let v: Value = app
-            .http
-            .get(app.url(&format!("/v1/orders/{id}")))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .json()
-            .await
-            .unwrap_or_default();
-        if v["status"] != "CONFIRMED" {
+        if app.get_json(&format!("/v1/orders/{id}")).await["status"] != "CONFIRMED" {
             return false;
         }
     }
@@ -150,7 +95,7 @@ async fn smtp_down_opens_the_circuit_orders_still_confirm_and_every_event_is_mai
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let db = dir.join("mailpit.db");
     let (smtp, http) = (free_port(), free_port());
-    let sink = Sink::start(smtp, http, &db).await;
+    let sink = start_sink(smtp, http, &db).await;
 
     let mut env = TestEnv::new().await;
     env.config.smtp.url = format!("smtp://127.0.0.1:{smtp}");
@@ -163,7 +108,7 @@ async fn smtp_down_opens_the_circuit_orders_still_confirm_and_every_event_is_mai
 
     let mut ids = place(&app, 3).await;
     eventually(WAIT, "the first mails arrive", || async {
-        (Sink::subjects(http).await == expected(&ids)).then_some(())
+        (subjects(http).await == expected(&ids)).then_some(())
     })
     .await;
 
@@ -174,29 +119,20 @@ async fn smtp_down_opens_the_circuit_orders_still_confirm_and_every_event_is_mai
     })
     .await;
     eventually(WAIT, "the SMTP circuit opens", || async {
-        let v: Value = app
-            .http
-            .get(app.url("/health/ready"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["circuits"]["smtp"] == "open").then_some(())
+        (app.get_json("/health/ready").await["circuits"]["smtp"] == "open").then_some(())
     })
     .await;
 
-    let sink = Sink::start(smtp, http, &db).await;
+    let sink = start_sink(smtp, http, &db).await;
     eventually(
         WAIT,
         "every event is mailed once the server is back",
-        || async { (Sink::subjects(http).await == expected(&ids)).then_some(()) },
+        || async { (subjects(http).await == expected(&ids)).then_some(()) },
     )
     .await;
     // And it stays that way: nothing is sent twice after the catch-up.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(Sink::subjects(http).await, expected(&ids));
+    assert_eq!(subjects(http).await, expected(&ids));
     for dlq in ["order.events.dlq", "file.events.dlq"] {
         assert_eq!(support::topic_size(&env.config, dlq), 0, "{dlq}");
     }

@@ -182,6 +182,75 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("POST /v1/orders: {e}"))
     }
+
+    /// Places an order that must be accepted (201) and returns its id.
+    pub async fn place_order_id(&self, body: &serde_json::Value) -> String {
+        let resp = self.place_order(body).await;
+        assert_eq!(resp.status().as_u16(), 201, "order {body} refused");
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        v["order_id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// `GET path` as JSON (`Null` when the body is not JSON).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_default()
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+}
+
+/// A private server process a test starts and stops on purpose (an S3 server, an SMTP sink),
+/// from the binary whose path `scripts/infra env` exports in `bin_env`.
+pub struct Daemon {
+    child: tokio::process::Child,
+}
+
+impl Daemon {
+    /// Starts it and waits until every one of `ports` accepts connections.
+    pub async fn start(bin_env: &str, args: &[String], ports: &[u16]) -> Daemon {
+        let bin = std::env::var(bin_env).unwrap_or_else(|_| {
+            panic!("{bin_env} is not set: run through ./scripts/test (scripts/infra env sets it)")
+        });
+        let child = tokio::process::Command::new(&bin)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        for port in ports {
+            eventually(
+                Duration::from_secs(15),
+                "the private server answers",
+                || async {
+                    tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                        .await
+                        .ok()
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+        Daemon { child }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
 }
 
 pub fn order_body(customer: &str, lines: &[(&str, u32)]) -> serde_json::Value {
