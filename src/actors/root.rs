@@ -280,6 +280,7 @@ impl RootState {
                         a.pool.clone(),
                         a.mailer.clone(),
                         a.smtp_breaker.clone(),
+                        a.writers.clone(),
                         a.instance.clone(),
                     ),
                     Service::Api => return Ok(()),

@@ -23,12 +23,14 @@ use crate::domain::envelope::{
 use crate::domain::templates::{self, Notice};
 use crate::infra::circuit::{CallError, CircuitBreaker};
 use crate::infra::db::notifications::{self as repo, Attempt};
+use crate::infra::db::writer::Writers;
 use crate::infra::smtp::{Mail, Mailer};
 
 pub struct NotificationHandler {
     pool: PgPool,
     mailer: Mailer,
     breaker: Arc<CircuitBreaker>,
+    writers: Writers,
     seller: String,
     public_url: String,
 }
@@ -39,11 +41,13 @@ impl NotificationHandler {
         pool: PgPool,
         mailer: Mailer,
         breaker: Arc<CircuitBreaker>,
+        writers: Writers,
     ) -> Self {
         Self {
             pool,
             mailer,
             breaker,
+            writers,
             seller: config.files.seller.clone(),
             public_url: config
                 .notifications
@@ -57,15 +61,9 @@ impl NotificationHandler {
         let transient = |e: &dyn std::fmt::Display| HandleError::Transient(e.to_string());
         let template = notice.template();
         let order_id = envelope.order_id.as_uuid();
-        let logged = repo::status(&self.pool, envelope.id, template)
-            .await
-            .map_err(|e| transient(&e))?;
-        if matches!(logged.as_deref(), Some("SENT" | "SKIPPED")) {
-            return Ok(Handled::Duplicate);
-        }
         // The order's OrderPlaced precedes its other events on order.events; an invoice
         // (file.events) can overtake it only while this service catches up: retried.
-        let recipient = repo::recipient(&self.pool, order_id)
+        let known = repo::known(&self.pool, order_id, envelope.id, template)
             .await
             .map_err(|e| transient(&e))?
             .ok_or_else(|| {
@@ -73,18 +71,22 @@ impl NotificationHandler {
                     "the recipient of order {order_id} is not known yet"
                 ))
             })?;
+        if matches!(known.status.as_deref(), Some("SENT" | "SKIPPED")) {
+            return Ok(Handled::Duplicate);
+        }
         let rendered = templates::render(&self.seller, order_id, &notice);
         let mut attempt = Attempt {
             event_id: envelope.id,
             template,
             order_id,
-            recipient: recipient.as_deref(),
-            subject: &rendered.subject,
+            recipient: known.email.clone(),
+            subject: rendered.subject.clone(),
             status: "SKIPPED",
             error: None,
         };
-        let Some(to) = recipient.clone() else {
-            repo::log(&self.pool, &attempt)
+        let writer = self.writers.notifications();
+        let Some(to) = known.email else {
+            repo::log(writer, attempt)
                 .await
                 .map_err(|e| transient(&e))?;
             return Ok(Handled::Applied);
@@ -98,7 +100,7 @@ impl NotificationHandler {
         match self.breaker.call(self.mailer.send(&mail)).await {
             Ok(()) => {
                 attempt.status = "SENT";
-                repo::log(&self.pool, &attempt)
+                repo::log(writer, attempt)
                     .await
                     .map_err(|e| transient(&e))?;
                 tracing::info!(order_id = %order_id, template, "notification sent");
@@ -108,8 +110,8 @@ impl NotificationHandler {
                 let text = e.to_string();
                 if !matches!(e, CallError::Open(_)) {
                     attempt.status = "FAILING";
-                    attempt.error = Some(&text);
-                    repo::log(&self.pool, &attempt)
+                    attempt.error = Some(text.clone());
+                    repo::log(writer, attempt)
                         .await
                         .map_err(|e| transient(&e))?;
                 }
@@ -126,10 +128,10 @@ impl CommandHandler for NotificationHandler {
         if envelope.is::<OrderPlaced>() {
             let placed = envelope.payload_as::<OrderPlaced>().map_err(poison)?;
             repo::remember_recipient(
-                &self.pool,
+                self.writers.notifications(),
                 envelope.order_id.as_uuid(),
-                placed.customer_id.as_str(),
-                placed.email.as_deref(),
+                placed.customer_id.to_string(),
+                placed.email,
             )
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;

@@ -11,6 +11,7 @@ use crate::actors::worker::keyed_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::circuit::CircuitBreaker;
+use crate::infra::db::writer::Writers;
 use crate::infra::smtp::Mailer;
 
 /// The notification service: consumes `order.events` and `file.events` with keyed workers.
@@ -20,10 +21,11 @@ pub fn service(
     pool: PgPool,
     mailer: Mailer,
     breaker: Arc<CircuitBreaker>,
+    writers: Writers,
     instance: String,
 ) -> ServiceArgs {
     let handler = Arc::new(handler::NotificationHandler::new(
-        &config, pool, mailer, breaker,
+        &config, pool, mailer, breaker, writers,
     ));
     let workers = config.notifications.workers;
     keyed_service(

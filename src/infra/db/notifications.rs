@@ -3,42 +3,75 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
+use super::writer::Writer;
 
-/// Remembers where an order's notifications go (`None`: the order gave no address). The first
-/// `OrderPlaced` wins; a redelivery changes nothing.
+/// Remembers where an order's notifications go (`None`: the order gave no address), in the
+/// notification writer's next batch. The first `OrderPlaced` wins; a redelivery changes nothing.
 pub async fn remember_recipient(
-    pool: &PgPool,
+    writer: &Writer,
     order_id: Uuid,
-    customer_id: &str,
-    email: Option<&str>,
+    customer_id: String,
+    email: Option<String>,
 ) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO notifications.recipients (order_id, customer_id, email) VALUES ($1, $2, $3)
-         ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(order_id)
-    .bind(customer_id)
-    .bind(email)
-    .execute(pool)
-    .await?;
-    Ok(())
+    writer
+        .run(move |conn: &mut PgConnection| {
+            let (customer_id, email) = (customer_id.clone(), email.clone());
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO notifications.recipients (order_id, customer_id, email)
+                     VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(order_id)
+                .bind(customer_id)
+                .bind(email)
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
 }
 
-/// The order's address: `None` when its `OrderPlaced` was not seen yet, `Some(None)` when the
-/// order gave no address.
-pub async fn recipient(pool: &PgPool, order_id: Uuid) -> Result<Option<Option<String>>, DbError> {
-    let row = sqlx::query("SELECT email FROM notifications.recipients WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(match row {
-        Some(r) => Some(r.try_get("email")?),
-        None => None,
+/// What is known before notifying about one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// The order's address (`None`: the order gave no address).
+    pub email: Option<String>,
+    /// The status of this event's notification, if one was logged.
+    pub status: Option<String>,
+}
+
+/// The order's address and the logged status of the notification of `event_id` with
+/// `template`, in one query; `None` when the order's `OrderPlaced` was not seen yet (nothing
+/// is logged before its recipient is known).
+pub async fn known(
+    pool: &PgPool,
+    order_id: Uuid,
+    event_id: Uuid,
+    template: &str,
+) -> Result<Option<Known>, DbError> {
+    let row = sqlx::query(
+        "SELECT r.email, l.status FROM notifications.recipients r
+         LEFT JOIN notifications.log l ON l.event_id = $2 AND l.template = $3
+         WHERE r.order_id = $1",
+    )
+    .bind(order_id)
+    .bind(event_id)
+    .bind(template)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(Known {
+            email: r.try_get("email")?,
+            status: r.try_get("status")?,
+        })
     })
+    .transpose()
+    .map_err(|e: sqlx::Error| e.into())
 }
 
 /// One notification as logged.
@@ -57,35 +90,30 @@ pub struct LogEntry {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-/// The status of the notification of `event_id` with `template`, if one was logged.
-pub async fn status(
-    pool: &PgPool,
-    event_id: Uuid,
-    template: &str,
-) -> Result<Option<String>, DbError> {
-    let row =
-        sqlx::query("SELECT status FROM notifications.log WHERE event_id = $1 AND template = $2")
-            .bind(event_id)
-            .bind(template)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|r| r.try_get("status")).transpose()?)
-}
-
 /// What one attempt did.
-pub struct Attempt<'a> {
+#[derive(Debug, Clone)]
+pub struct Attempt {
     pub event_id: Uuid,
-    pub template: &'a str,
+    pub template: &'static str,
     pub order_id: Uuid,
-    pub recipient: Option<&'a str>,
-    pub subject: &'a str,
-    pub status: &'a str,
-    pub error: Option<&'a str>,
+    pub recipient: Option<String>,
+    pub subject: String,
+    pub status: &'static str,
+    pub error: Option<String>,
 }
 
-/// Logs an attempt: the first one inserts the row, later ones (after failures) update it. A
-/// row already SENT or SKIPPED is never changed.
-pub async fn log(pool: &PgPool, a: &Attempt<'_>) -> Result<(), DbError> {
+/// Logs an attempt in the notification writer's next batch: the first one inserts the row,
+/// later ones (after failures) update it. A row already SENT or SKIPPED is never changed.
+pub async fn log(writer: &Writer, attempt: Attempt) -> Result<(), DbError> {
+    writer
+        .run(move |conn: &mut PgConnection| {
+            let a = attempt.clone();
+            Box::pin(async move { log_on(conn, &a).await })
+        })
+        .await
+}
+
+async fn log_on(conn: &mut PgConnection, a: &Attempt) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO notifications.log
            (event_id, template, order_id, recipient, subject, status, attempts, last_error, sent_at)
@@ -98,11 +126,11 @@ pub async fn log(pool: &PgPool, a: &Attempt<'_>) -> Result<(), DbError> {
     .bind(a.event_id)
     .bind(a.template)
     .bind(a.order_id)
-    .bind(a.recipient)
-    .bind(a.subject)
+    .bind(a.recipient.as_deref())
+    .bind(&a.subject)
     .bind(a.status)
-    .bind(a.error)
-    .execute(pool)
+    .bind(a.error.as_deref())
+    .execute(conn)
     .await?;
     Ok(())
 }

@@ -62,7 +62,7 @@ impl<T: Send + 'static> Job for TypedJob<T> {
 /// Submits jobs to one schema's writer tasks. Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    schema: Schema,
+    name: &'static str,
     jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
@@ -85,9 +85,8 @@ impl Writer {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| DbError::WriterStopped(self.schema.name()))?;
-        rx.await
-            .map_err(|_| DbError::WriterStopped(self.schema.name()))?
+            .map_err(|_| DbError::WriterStopped(self.name))?;
+        rx.await.map_err(|_| DbError::WriterStopped(self.name))?
     }
 }
 
@@ -98,6 +97,7 @@ pub struct Writers {
     inventory: Writer,
     payment: Writer,
     files: Writer,
+    notifications: Writer,
     wakers: OutboxWakers,
 }
 
@@ -153,29 +153,27 @@ impl Writers {
             } else {
                 config.writers.max(1)
             };
-            let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 8);
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..tasks {
-                tokio::spawn(write_loop(
-                    pool.clone(),
-                    rx.clone(),
-                    config.batch_max.max(1),
-                    Publish {
-                        schema,
-                        wakers: wakers.clone(),
-                        on_commit: on_commit.clone(),
-                    },
-                ));
-            }
-            Writer { schema, jobs: tx }
+            let publish = Publish {
+                schema,
+                wakers: wakers.clone(),
+                on_commit: on_commit.clone(),
+            };
+            spawn_writer(pool, schema.name(), tasks, config, Some(publish))
         };
         Writers {
             orders: writer(Schema::Orders),
             inventory: writer(Schema::Inventory),
             payment: writer(Schema::Payment),
             files: writer(Schema::Files),
+            // The notification log has no outbox: its writer only shares commits.
+            notifications: spawn_writer(pool, "notifications", config.writers, config, None),
             wakers,
         }
+    }
+
+    /// The writer of the notification service's tables (no outbox).
+    pub fn notifications(&self) -> &Writer {
+        &self.notifications
     }
 
     pub fn get(&self, schema: Schema) -> &Writer {
@@ -193,13 +191,37 @@ impl Writers {
     }
 }
 
+/// Starts `tasks` writer tasks sharing one job queue.
+fn spawn_writer(
+    pool: &PgPool,
+    name: &'static str,
+    tasks: usize,
+    config: WriterConfig,
+    publish: Option<Publish>,
+) -> Writer {
+    let (tx, rx) = mpsc::channel(config.batch_max.max(1) * 8);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..tasks.max(1) {
+        tokio::spawn(write_loop(
+            pool.clone(),
+            rx.clone(),
+            config.batch_max.max(1),
+            name,
+            publish.clone(),
+        ));
+    }
+    Writer { name, jobs: tx }
+}
+
+/// One writer task: takes the queued jobs, runs them in one transaction, commits, publishes
+/// (when the schema has an outbox) and answers.
 async fn write_loop(
     pool: PgPool,
     jobs: Arc<Mutex<mpsc::Receiver<Box<dyn Job>>>>,
     batch_max: usize,
-    publish: Publish,
+    name: &'static str,
+    publish: Option<Publish>,
 ) {
-    let schema = publish.schema;
     loop {
         let mut batch = {
             let mut rx = jobs.lock().await;
@@ -217,16 +239,20 @@ async fn write_loop(
             batch
         };
         let started = std::time::Instant::now();
-        metrics::histogram!(m::WRITER_BATCH_JOBS, "schema" => schema.name())
-            .record(batch.len() as f64);
+        metrics::histogram!(m::WRITER_BATCH_JOBS, "schema" => name).record(batch.len() as f64);
         let attempt = Attempt {
             pool: &pool,
-            schema,
-            direct: publish.direct(),
+            schema: publish.as_ref().map(|p| p.schema),
+            direct: publish.as_ref().is_some_and(Publish::direct),
+        };
+        let committed = |records| {
+            if let Some(p) = &publish {
+                p.committed(records, attempt.direct);
+            }
         };
         match attempt.batch(&mut batch).await {
             Ok(records) => {
-                publish.committed(records, attempt.direct);
+                committed(records);
                 for job in batch {
                     job.answer(Ok(()));
                 }
@@ -235,7 +261,7 @@ async fn write_loop(
                 // Whether the commit happened is unknown: every job is told it failed, and
                 // its message is redelivered and deduplicated by the inbox. Rows that did
                 // commit are left to the relay.
-                tracing::warn!(schema = schema.name(), error = %e, jobs = batch.len(), "batch commit failed");
+                tracing::warn!(schema = name, error = %e, jobs = batch.len(), "batch commit failed");
                 let text = e.to_string();
                 for job in batch {
                     job.answer(Err(DbError::BatchFailed(text.clone())));
@@ -247,12 +273,12 @@ async fn write_loop(
                 }
             }
             Err(BatchError::Job(e)) => {
-                tracing::debug!(schema = schema.name(), error = %e, jobs = batch.len(), "a job failed its batch; running each alone");
-                metrics::counter!(m::WRITER_SPLITS, "schema" => schema.name()).increment(1);
+                tracing::debug!(schema = name, error = %e, jobs = batch.len(), "a job failed its batch; running each alone");
+                metrics::counter!(m::WRITER_SPLITS, "schema" => name).increment(1);
                 for mut job in batch {
                     match attempt.alone(job.as_mut()).await {
                         Ok(records) => {
-                            publish.committed(records, attempt.direct);
+                            committed(records);
                             job.answer(Ok(()));
                         }
                         Err(e) => job.answer(Err(e)),
@@ -260,7 +286,7 @@ async fn write_loop(
                 }
             }
         }
-        metrics::histogram!(m::WRITER_BATCH_SECONDS, "schema" => schema.name())
+        metrics::histogram!(m::WRITER_BATCH_SECONDS, "schema" => name)
             .record(started.elapsed().as_secs_f64());
     }
 }
@@ -275,7 +301,8 @@ enum BatchError {
 /// One batch's transactions (the batch, then each job alone if one failed).
 struct Attempt<'a> {
     pool: &'a PgPool,
-    schema: Schema,
+    /// The schema whose outbox rows are read back (`None`: no outbox).
+    schema: Option<Schema>,
     /// Read the outbox rows back before COMMIT, to publish them after it.
     direct: bool,
 }
@@ -296,10 +323,10 @@ impl Attempt<'_> {
         })
         .await;
         ran?;
-        if !self.direct {
-            return Ok(Vec::new());
+        match self.schema {
+            Some(schema) if self.direct => outbox::own_rows(conn, schema, &noted).await,
+            _ => Ok(Vec::new()),
         }
-        outbox::own_rows(conn, self.schema, &noted).await
     }
 
     async fn batch(&self, batch: &mut [Box<dyn Job>]) -> Result<Vec<OutboxRecord>, BatchError> {
