@@ -75,6 +75,10 @@ impl App {
         let producer = kafka::producer(&config.kafka)?;
         let redis = redis::pool(&config.redis)?;
         let s3 = s3::client(&config.s3);
+        let auth = Arc::new(
+            crate::auth::Authenticator::from_config(&config.auth)
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        );
         let mailer = Mailer::new(&config.smtp).map_err(|e| StartError::Config(e.to_string()))?;
         let smtp_breaker = Arc::new(CircuitBreaker::new(
             "smtp",
@@ -151,6 +155,7 @@ impl App {
             smtp_breaker,
             writers,
             metrics,
+            auth,
             serve_v1: services.contains(&Service::Api),
             instance: instance.clone(),
         };

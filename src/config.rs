@@ -107,6 +107,72 @@ pub struct Config {
     pub bridge: BridgeConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+}
+
+/// Where bearer tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// The deployment is its own issuer: an ES256 key in `dev_key_file` (created on first
+    /// use), published at `/.well-known/jwks.json`; `orderflow token` mints tokens with it.
+    Dev,
+    /// An OpenID Connect provider: keys from `jwks_url`, or discovered from the issuer.
+    Oidc,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dev" => Ok(AuthMode::Dev),
+            "oidc" => Ok(AuthMode::Oidc),
+            _ => Err("expected dev or oidc".into()),
+        }
+    }
+}
+
+/// OAuth2 bearer tokens (see `src/auth.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The `iss` every token must carry (with OIDC: the provider's issuer URL).
+    pub issuer: String,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// The issuer's JWKS; empty: discovered from `<issuer>/.well-known/openid-configuration`.
+    pub jwks_url: String,
+    /// The development issuer's private key (PKCS#8), created when missing.
+    pub dev_key_file: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Cached keys are fetched again after this long.
+    pub jwks_refresh_secs: u64,
+    /// A token naming an unknown key fetches the keys again, at most this often.
+    pub jwks_min_refresh_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Dev,
+            issuer: "orderflow-dev".into(),
+            audience: "orderflow".into(),
+            jwks_url: String::new(),
+            // In the user's cache, so every process of this user (whatever its working
+            // directory) signs and validates with the same key.
+            dev_key_file: match std::env::var("HOME") {
+                Ok(home) if !home.is_empty() => {
+                    format!("{home}/.cache/orderflow/auth/dev-signing-key.p8")
+                }
+                _ => ".orderflow/auth/dev-signing-key.p8".into(),
+            },
+            leeway_secs: 30,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -687,11 +753,23 @@ impl Config {
             };
         }
         env.string("ORDERFLOW_LOG", &mut self.log.filter);
+        env.parse("ORDERFLOW_AUTH_MODE", &mut self.auth.mode)?;
+        env.string("ORDERFLOW_AUTH_ISSUER", &mut self.auth.issuer);
+        env.string("ORDERFLOW_AUTH_AUDIENCE", &mut self.auth.audience);
+        env.string("ORDERFLOW_AUTH_JWKS_URL", &mut self.auth.jwks_url);
+        env.string("ORDERFLOW_AUTH_DEV_KEY_FILE", &mut self.auth.dev_key_file);
+        env.parse("ORDERFLOW_AUTH_LEEWAY_SECS", &mut self.auth.leeway_secs)?;
         Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.auth.issuer.trim().is_empty() || self.auth.audience.trim().is_empty() {
+            return bad("auth.issuer and auth.audience must not be empty");
+        }
+        if self.auth.mode == AuthMode::Dev && self.auth.dev_key_file.trim().is_empty() {
+            return bad("auth.dev_key_file must name a file in auth.mode = \"dev\"");
+        }
         if self.http.body_limit_bytes < 1024 {
             return bad("http.body_limit_bytes must be at least 1024");
         }

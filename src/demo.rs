@@ -63,7 +63,17 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 pub async fn run(config: &Config, url: &str, orders: u32) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    // The demo stocks the catalogue and orders for several customers: every scope.
+    let token = orderflow::auth::mint_dev_token(
+        &config.auth,
+        "demo",
+        &orderflow::auth::scopes::ALL,
+        Duration::from_secs(3_600),
+    )?;
+    let headers = orderflow::auth::bearer_headers(&token)?;
+    let http = reqwest::Client::builder()
+        .default_headers(headers.clone())
+        .build()?;
     stock_catalogue(&http, url).await?;
     let events = events_consumer(config).await?;
 
@@ -180,12 +190,17 @@ pub async fn run(config: &Config, url: &str, orders: u32) -> anyhow::Result<()> 
         "  {} orders placed; every saga ended and announced its outcome on Kafka",
         placed.len()
     );
-    print_invoice_links(url, &placed).await
+    print_invoice_links(url, &placed, headers).await
 }
 
 /// Waits for the invoice of each confirmed order and prints its presigned download link.
-async fn print_invoice_links(url: &str, placed: &[(&str, String)]) -> anyhow::Result<()> {
+async fn print_invoice_links(
+    url: &str,
+    placed: &[(&str, String)],
+    headers: reqwest::header::HeaderMap,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(30);

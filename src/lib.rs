@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod infra;

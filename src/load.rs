@@ -35,6 +35,8 @@ pub struct LoadOptions {
     pub settle: Duration,
     pub out: Option<PathBuf>,
     pub metrics_out: Option<PathBuf>,
+    /// The bearer token to send; `None`: minted by the development issuer with every scope.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,7 +116,18 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
             (Some(app), base)
         }
     };
+    let token = match &opts.token {
+        Some(t) => t.clone(),
+        None => crate::auth::mint_dev_token(
+            &config.auth,
+            "load-generator",
+            &crate::auth::scopes::ALL,
+            opts.duration + opts.settle + Duration::from_secs(600),
+        )
+        .map_err(setup)?,
+    };
     let http = reqwest::Client::builder()
+        .default_headers(crate::auth::bearer_headers(&token).map_err(setup)?)
         .pool_max_idle_per_host(1_024)
         .timeout(Duration::from_secs(30))
         .build()

@@ -67,6 +67,25 @@ enum Command {
         /// outbox passes, bridge outcomes): where the time went.
         #[arg(long)]
         metrics_out: Option<PathBuf>,
+        /// The bearer token to send (with orders:admin and catalog:admin); default: one
+        /// minted by the development issuer.
+        #[arg(long, env = "ORDERFLOW_LOAD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Print a bearer token from the development issuer (auth.mode = "dev").
+    Token {
+        /// The subject: the customer the token speaks for.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes; `all` for every scope (orders:admin and catalog:admin too).
+        #[arg(
+            long,
+            default_value = "orders:read orders:write catalog:read files:read files:write"
+        )]
+        scope: String,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 3_600)]
+        ttl: u64,
     },
     /// Place demo orders against a running API and show them flowing through Kafka.
     Demo {
@@ -104,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
             url,
             out,
             metrics_out,
+            token,
         } => {
             let opts = orderflow::load::LoadOptions {
                 url,
@@ -114,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 settle: std::time::Duration::from_secs(settle),
                 out,
                 metrics_out,
+                token,
             };
             let report = orderflow::load::run(config, opts).await?;
             println!("{}", report.summary());
@@ -153,6 +174,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { services } => {
             let services = Service::parse_list(&services).map_err(anyhow::Error::msg)?;
             serve(config, services).await
+        }
+        Command::Token { sub, scope, ttl } => {
+            let scopes: Vec<&str> = if scope.trim() == "all" {
+                orderflow::auth::scopes::ALL.to_vec()
+            } else {
+                scope.split_whitespace().collect()
+            };
+            let token = orderflow::auth::mint_dev_token(
+                &config.auth,
+                &sub,
+                &scopes,
+                std::time::Duration::from_secs(ttl),
+            )?;
+            println!("{token}");
+            Ok(())
         }
         Command::Demo { url, orders } => demo::run(&config, &url, orders).await,
     }

@@ -24,6 +24,8 @@ pub const WRITER_BATCH_SECONDS: &str = "orderflow_writer_batch_seconds";
 pub const WRITER_SPLITS: &str = "orderflow_writer_batch_splits_total";
 pub const CIRCUIT_STATE: &str = "orderflow_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "orderflow_circuit_transitions_total";
+pub const AUTH_FAILURES: &str = "orderflow_auth_failures_total";
+pub const AUTH_JWKS_FETCHES: &str = "orderflow_auth_jwks_fetches_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -59,6 +61,14 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused for their bearer token, by reason (missing, expired, bad signature, missing scope...)"
+    );
+    describe_counter!(
+        AUTH_JWKS_FETCHES,
+        "Fetches of the token issuer's keys (JWKS), by outcome"
+    );
     describe_histogram!(HTTP_DURATION, "HTTP request latency by route");
     describe_counter!(ORDERS_ACCEPTED, "Orders committed by the API");
     describe_histogram!(

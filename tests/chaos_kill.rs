@@ -94,7 +94,7 @@ async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_
     for (sku, n) in &initial {
         stock(&intake.base, sku, *n).await;
     }
-    let http = reqwest::Client::new();
+    let http = support::admin_client();
     let mut accepted = HashSet::new();
     for i in 0..40 {
         let resp = http
@@ -146,7 +146,7 @@ async fn sigkill_under_load_loses_no_committed_order() {
     for c in 0..8 {
         let (url, accepted, count) = (url.clone(), accepted.clone(), count.clone());
         clients.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = support::admin_client();
             for i in 0..300 {
                 let mut body = order_body(&format!("load-{c}"), &[("SKU-L", i % 5 + 1)]);
                 if i % 10 == 0 {

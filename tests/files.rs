@@ -115,7 +115,7 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
 
     // Without `inline`: a redirect to a presigned link that downloads the same bytes, with the
     // checksum in the object's metadata.
-    let no_redirect = reqwest::Client::builder()
+    let no_redirect = support::client_builder_as("test-admin", &orderflow::auth::scopes::ALL)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -15,6 +15,7 @@ async fn load_run_follows_every_order_to_its_end() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{}-load.json", env.db_name));
     let opts = LoadOptions {
+        token: None,
         url: None,
         rate: 25,
         duration: Duration::from_secs(2),

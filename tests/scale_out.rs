@@ -18,7 +18,7 @@ async fn two_processes_share_the_orders_and_one_stopping_hands_its_sagas_over() 
     let slow = [("ORDERFLOW_PAYMENT_LATENCY_MS", "300")];
     let a = ChildProcess::start(&env, "all", &slow).await;
     let b = ChildProcess::start(&env, "all", &slow).await;
-    let http = reqwest::Client::new();
+    let http = support::admin_client();
     support::create_product(&a.base, "SHARED", 100, 1_000).await;
 
     let mut ids = Vec::new();

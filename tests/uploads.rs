@@ -4,6 +4,7 @@
 mod support;
 
 use orderflow::actors::Service;
+use orderflow::auth::scopes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{TestApp, TestEnv};
@@ -17,22 +18,32 @@ async fn upload(
     content_type: &str,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let mut req = app
-        .http
+    // Without an owner: no token at all.
+    let client = match owner {
+        Some(o) => as_owner(o),
+        None => reqwest::Client::new(),
+    };
+    let resp = client
         .post(app.url("/v1/files"))
         .query(&[("name", name)])
         .header("content-type", content_type)
-        .body(body);
-    if let Some(o) = owner {
-        req = req.header("x-customer-id", o);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("upload: {e}"));
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("upload: {e}"));
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or_default())
 }
 
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+const FILE_SCOPES: [&str; 2] = [scopes::FILES_READ, scopes::FILES_WRITE];
+
+/// A client whose token's subject is `owner`, with the file scopes.
+fn as_owner(owner: &str) -> reqwest::Client {
+    support::client_as(owner, &FILE_SCOPES)
+}
+
+fn no_redirects(owner: &str) -> reqwest::Client {
+    support::client_builder_as(owner, &FILE_SCOPES)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_else(|e| panic!("{e}"))
@@ -40,9 +51,8 @@ fn no_redirects() -> reqwest::Client {
 
 /// The presigned link of a file, as `owner` asks for it (`None` when refused).
 async fn link(app: &TestApp, owner: &str, id: &str) -> Result<String, u16> {
-    let resp = no_redirects()
+    let resp = no_redirects(owner)
         .get(app.url(&format!("/v1/files/{id}")))
-        .header("x-customer-id", owner)
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -58,10 +68,8 @@ async fn link(app: &TestApp, owner: &str, id: &str) -> Result<String, u16> {
 }
 
 async fn listed(app: &TestApp, owner: &str) -> usize {
-    let v: Value = app
-        .http
+    let v: Value = as_owner(owner)
         .get(app.url("/v1/files"))
-        .header("x-customer-id", owner)
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -117,7 +125,7 @@ async fn uploads_are_checked_stored_downloaded_by_their_owner_only_and_deleted()
     let (status, problem) = upload(&app, None, "a.txt", "text/plain", b"hi".to_vec()).await;
     assert_eq!(
         (status, problem["code"].as_str()),
-        (400, Some("owner_required"))
+        (401, Some("missing_token"))
     );
     let elf = b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00".to_vec();
     let (status, problem) = upload(&app, Some("alice"), "report.pdf", "application/pdf", elf).await;
@@ -188,11 +196,10 @@ async fn uploads_are_checked_stored_downloaded_by_their_owner_only_and_deleted()
 
     // Delete: only the owner; afterwards the file and its object are gone.
     let delete = |owner: &'static str, id: String| {
-        let http = app.http.clone();
+        let http = as_owner(owner);
         let url = app.url(&format!("/v1/files/{id}"));
         async move {
             http.delete(url)
-                .header("x-customer-id", owner)
                 .send()
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))

@@ -19,7 +19,31 @@ async fn collect(app: &TestApp, id: &str) -> Vec<Value> {
         "{}/v1/orders/{id}/events",
         app.base.replacen("http://", "ws://", 1)
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    // Without a token the upgrade is refused before it happens.
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401),
+        "an unauthenticated upgrade was not refused with 401"
+    );
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let token = support::token(
+        "test-admin",
+        &[
+            orderflow::auth::scopes::ORDERS_ADMIN,
+            orderflow::auth::scopes::ORDERS_READ,
+        ],
+    );
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .unwrap_or_else(|e| panic!("websocket connect: {e}"));
     let mut messages = Vec::new();

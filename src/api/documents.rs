@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use uuid::Uuid;
 use warp::http::{StatusCode, header};
 use warp::{Filter, Rejection};
 
+use super::guard::{owned_order, require};
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
 use crate::actors::files::handler::{INVOICE, RECEIPT};
+use crate::auth::{Principal, scopes};
 use crate::infra::db::files as repo;
 use crate::infra::s3;
 
@@ -28,6 +29,7 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .or(receipt)
         .unify()
         .and(warp::get())
+        .and(require(&ctx, scopes::ORDERS_READ))
         .and(warp::query::<DocumentQuery>().or_else(|_| async {
             Err(warp::reject::custom(ApiError::InvalidQuery(
                 "only `inline` is accepted".into(),
@@ -40,11 +42,11 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
 
 async fn get_document(
     (id, kind): (String, &'static str),
+    principal: Principal,
     query: DocumentQuery,
     ctx: ApiContext,
 ) -> Result<warp::reply::Response, Rejection> {
-    let uuid = Uuid::try_parse(&id)
-        .map_err(|_| warp::reject::custom(ApiError::InvalidOrderId(id.clone())))?;
+    let uuid = owned_order(&ctx, &principal, &id).await?;
     let unavailable =
         |e: &dyn std::fmt::Display| warp::reject::custom(ApiError::Unavailable(e.to_string()));
     let doc = repo::document(&ctx.pool, uuid, kind)

@@ -47,8 +47,17 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "invalid_email" => {
             "email must look like name@example.com: printable ASCII, one @, a dotted domain, at most 254 characters."
         }
-        "owner_required" => {
-            "File routes need the x-customer-id header naming the owner (until OAuth2 derives it from the token)."
+        "missing_token" => {
+            "Every /v1 route needs an Authorization: Bearer <token> header with a JWT from the configured issuer (locally: orderflow token)."
+        }
+        "invalid_token" => {
+            "The bearer token was refused: expired, not yet valid, from another issuer or audience, signed by an unknown key, badly signed, or not RS256/ES256. The detail and the WWW-Authenticate header say which."
+        }
+        "insufficient_scope" => {
+            "The token is valid but lacks the scope this route needs (orders:read, orders:write, orders:admin, catalog:read, catalog:admin, files:read, files:write)."
+        }
+        "customer_mismatch" => {
+            "An order is placed for the token's subject: customer_id must equal the token's sub unless the token has orders:admin."
         }
         "unsupported_file_type" => {
             "Uploads must be PDF, PNG, JPEG or plain text, declared in Content-Type and confirmed by the bytes themselves."

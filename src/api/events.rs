@@ -11,9 +11,11 @@ use uuid::Uuid;
 use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::{Filter, Rejection, Reply};
 
+use super::guard::{owned_order, require};
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
 use crate::actors::hub::{HubMsg, SUBSCRIBER_BUFFER, StatusEvent};
+use crate::auth::{Principal, scopes};
 use crate::infra::db::orders as repo;
 
 static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
@@ -21,6 +23,7 @@ static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("v1" / "orders" / String / "events")
         .and(warp::get())
+        .and(require(&ctx, scopes::ORDERS_READ))
         .and(warp::ws())
         .and(with_ctx(ctx))
         .and_then(upgrade)
@@ -31,14 +34,19 @@ fn hub(ctx: &ApiContext) -> Option<ActorRef<HubMsg>> {
     ActorRef::<HubMsg>::where_is(format!("{}/status-hub", ctx.instance))
 }
 
-async fn upgrade(id: String, ws: Ws, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
-    let order_id = Uuid::try_parse(&id)
-        .map_err(|_| warp::reject::custom(ApiError::InvalidOrderId(id.clone())))?;
-    // Refuse unknown orders before upgrading, with a normal problem response.
-    if repo::get_order(&ctx.pool, order_id)
-        .await
-        .map_err(|e| warp::reject::custom(ApiError::Unavailable(e.to_string())))?
-        .is_none()
+async fn upgrade(
+    id: String,
+    principal: Principal,
+    ws: Ws,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection> {
+    // Refuse unknown (or someone else's) orders before upgrading, with a problem response.
+    let order_id = owned_order(&ctx, &principal, &id).await?;
+    if principal.is_admin()
+        && repo::owner_of(&ctx.pool, order_id)
+            .await
+            .map_err(|e| warp::reject::custom(ApiError::Unavailable(e.to_string())))?
+            .is_none()
     {
         return Err(warp::reject::custom(ApiError::OrderNotFound(
             order_id.to_string(),

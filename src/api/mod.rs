@@ -4,6 +4,7 @@
 pub mod documents;
 pub mod errors_doc;
 pub mod events;
+pub mod guard;
 pub mod health;
 pub mod notifications;
 pub mod orders;
@@ -40,6 +41,8 @@ pub struct ApiContext {
     pub smtp_breaker: Arc<CircuitBreaker>,
     pub writers: Writers,
     pub metrics: PrometheusHandle,
+    /// Validates the bearer tokens of `/v1` requests.
+    pub auth: Arc<crate::auth::Authenticator>,
     /// Serve `/v1` (the `api` service); health and metrics are always served.
     pub serve_v1: bool,
     /// This process's actor-name prefix (to find the status hub).
@@ -57,7 +60,11 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .and(warp::get())
         .and_then(|code: String| async move { problem::describe(&code) })
         .map(warp::Reply::into_response);
-    let base = ops.or(problems).unify();
+    let base = ops
+        .or(problems)
+        .unify()
+        .or(guard::jwks_route(ctx.clone()))
+        .unify();
     let all = if ctx.serve_v1 {
         base.or(orders::routes(ctx.clone()))
             .unify()
@@ -113,6 +120,7 @@ fn route_label(path: &str) -> &'static str {
         ["health", "ready"] => "/health/ready",
         ["metrics"] => "/metrics",
         ["problems", _] => "/problems/{code}",
+        [".well-known", "jwks.json"] => "/.well-known/jwks.json",
         _ => "other",
     }
 }

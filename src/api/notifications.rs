@@ -2,24 +2,29 @@
 //! customer mail with its template, recipient, status (`SENT`, `SKIPPED`, `FAILING`),
 //! attempts and last error.
 
-use uuid::Uuid;
 use warp::{Filter, Rejection, Reply};
 
+use super::guard::{owned_order, require};
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
+use crate::auth::{Principal, scopes};
 use crate::infra::db::notifications as repo;
 
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("v1" / "orders" / String / "notifications")
         .and(warp::get())
+        .and(require(&ctx, scopes::ORDERS_READ))
         .and(with_ctx(ctx))
         .and_then(list)
         .boxed()
 }
 
-async fn list(id: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
-    let uuid = Uuid::try_parse(&id)
-        .map_err(|_| warp::reject::custom(ApiError::InvalidOrderId(id.clone())))?;
+async fn list(
+    id: String,
+    principal: Principal,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection> {
+    let uuid = owned_order(&ctx, &principal, &id).await?;
     let items = repo::for_order(&ctx.pool, uuid)
         .await
         .map_err(|e| warp::reject::custom(ApiError::Unavailable(e.to_string())))?;

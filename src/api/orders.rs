@@ -10,8 +10,10 @@ use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use super::guard::{owned_order, require};
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
+use crate::auth::{Principal, scopes};
 use crate::domain::envelope::{Envelope, OrderPlaced, topics};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{OrderStatus, PlaceOrder};
@@ -25,6 +27,7 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
     let limit = ctx.config.http.body_limit_bytes;
     let place = warp::path!("v1" / "orders")
         .and(warp::post())
+        .and(require(&ctx, scopes::ORDERS_WRITE))
         .and(with_ctx(ctx.clone()))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("traceparent"))
@@ -33,15 +36,18 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .and_then(place_order);
     let get = warp::path!("v1" / "orders" / String)
         .and(warp::get())
+        .and(require(&ctx, scopes::ORDERS_READ))
         .and(with_ctx(ctx.clone()))
         .and_then(get_order);
     let cancel = warp::path!("v1" / "orders" / String / "cancel")
         .and(warp::post())
+        .and(require(&ctx, scopes::ORDERS_WRITE))
         .and(with_ctx(ctx.clone()))
         .and(warp::header::optional::<String>("traceparent"))
         .and_then(cancel_order);
     let list = warp::path!("v1" / "orders")
         .and(warp::get())
+        .and(require(&ctx, scopes::ORDERS_READ))
         .and(with_ctx(ctx))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(list_orders);
@@ -71,6 +77,7 @@ fn is_json(content_type: Option<&str>) -> bool {
 }
 
 async fn place_order(
+    principal: Principal,
     ctx: ApiContext,
     content_type: Option<String>,
     traceparent: Option<String>,
@@ -82,6 +89,14 @@ async fn place_order(
     let request: PlaceOrder =
         serde_json::from_slice(&body).map_err(|e| reject(ApiError::from_json(&e)))?;
     let order = request.validate().map_err(|e| reject(e.into()))?;
+    if !principal.may_access(order.customer_id.as_str()) {
+        return Err(reject(ApiError::CustomerMismatch(format!(
+            "customer_id {} is not the token's subject {}; placing orders for others needs {}",
+            order.customer_id,
+            principal.subject,
+            scopes::ORDERS_ADMIN
+        ))));
+    }
     let trace = traceparent
         .as_deref()
         .and_then(TraceContext::parse)
@@ -119,11 +134,17 @@ async fn place_order(
     Ok(warp::reply::with_header(reply, "traceparent", trace.to_header()).into_response())
 }
 
-async fn get_order(id: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
+async fn get_order(
+    id: String,
+    principal: Principal,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection> {
     let uuid = Uuid::try_parse(&id).map_err(|_| reject(ApiError::InvalidOrderId(id.clone())))?;
+    // Someone else's order is answered exactly as a missing one.
     let Some(order) = repo::get_order(&ctx.pool, uuid)
         .await
         .map_err(unavailable)?
+        .filter(|o| principal.may_access(&o.customer_id))
     else {
         return Err(reject(ApiError::OrderNotFound(uuid.to_string())));
     };
@@ -152,10 +173,11 @@ async fn get_order(id: String, ctx: ApiContext) -> Result<warp::reply::Response,
 /// compensates what was done and the order ends CANCELLED — unless it confirmed first.
 async fn cancel_order(
     id: String,
+    principal: Principal,
     ctx: ApiContext,
     traceparent: Option<String>,
 ) -> Result<warp::reply::Response, Rejection> {
-    let uuid = Uuid::try_parse(&id).map_err(|_| reject(ApiError::InvalidOrderId(id.clone())))?;
+    let uuid = owned_order(&ctx, &principal, &id).await?;
     let trace = traceparent
         .as_deref()
         .and_then(TraceContext::parse)
@@ -255,12 +277,28 @@ fn parse_filter(
 }
 
 async fn list_orders(
+    principal: Principal,
     ctx: ApiContext,
     query: HashMap<String, String>,
 ) -> Result<warp::reply::Response, Rejection> {
     let http = &ctx.config.http;
-    let filter =
+    let mut filter =
         parse_filter(&query, http.default_page_size, http.max_page_size).map_err(reject)?;
+    if !principal.is_admin() {
+        // A customer lists their own orders; filtering on someone else finds nothing.
+        if filter
+            .customer_id
+            .as_ref()
+            .is_some_and(|c| *c != principal.subject)
+        {
+            let empty = OrderPage {
+                items: Vec::new(),
+                next_cursor: None,
+            };
+            return Ok(warp::reply::json(&empty).into_response());
+        }
+        filter.customer_id = Some(principal.subject.clone());
+    }
     let items = repo::list_orders(&ctx.pool, &filter)
         .await
         .map_err(unavailable)?;

@@ -54,10 +54,14 @@ pub enum ApiError {
     InvoiceNotFound(String),
     #[error("order {0} has no receipt yet")]
     ReceiptNotFound(String),
-    #[error(
-        "the x-customer-id header must name the owner (1-64 characters of letters, digits and ._:@-)"
-    )]
-    OwnerRequired,
+    #[error("an Authorization: Bearer <token> header is required")]
+    MissingToken,
+    #[error("the bearer token is invalid: {0}")]
+    InvalidToken(&'static str),
+    #[error("the token lacks the scope {0}")]
+    InsufficientScope(&'static str),
+    #[error("{0}")]
+    CustomerMismatch(String),
     #[error("{0}")]
     UnsupportedFileType(String),
     #[error("name must be 1-255 characters without slashes or control characters")]
@@ -111,7 +115,10 @@ impl ApiError {
             ApiError::PaymentNotFound(_) => "payment_not_found",
             ApiError::InvoiceNotFound(_) => "invoice_not_found",
             ApiError::ReceiptNotFound(_) => "receipt_not_found",
-            ApiError::OwnerRequired => "owner_required",
+            ApiError::MissingToken => "missing_token",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::InsufficientScope(_) => "insufficient_scope",
+            ApiError::CustomerMismatch(_) => "customer_mismatch",
             ApiError::UnsupportedFileType(_) => "unsupported_file_type",
             ApiError::InvalidFileName => "invalid_file_name",
             ApiError::InvalidFileId(_) => "invalid_file_id",
@@ -129,7 +136,6 @@ impl ApiError {
             | ApiError::InvalidFieldType(_)
             | ApiError::InvalidOrderId(_)
             | ApiError::InvalidCursor
-            | ApiError::OwnerRequired
             | ApiError::InvalidFileId(_)
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_) | ApiError::InvalidProduct(_) | ApiError::InvalidFileName => {
@@ -152,6 +158,8 @@ impl ApiError {
             | ApiError::RouteNotFound
             | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientScope(_) | ApiError::CustomerMismatch(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -254,6 +262,13 @@ pub async fn recover(
         metrics::counter!(crate::metrics::ORDERS_REJECTED, "code" => error.code()).increment(1);
     }
     let mut resp = reply(&error);
+    if let Some(challenge) = challenge(&error) {
+        // RFC 6750 §3: how to authenticate, and why the token was refused.
+        if let Ok(value) = warp::http::HeaderValue::from_str(&challenge) {
+            resp.headers_mut()
+                .insert(warp::http::header::WWW_AUTHENTICATE, value);
+        }
+    }
     if let ApiError::BodyTooLarge(_) | ApiError::LengthRequired = &error {
         // The body was refused unread, so the connection cannot carry another request: say
         // so, or a client may reuse it and see its next request fail.
@@ -263,6 +278,20 @@ pub async fn recover(
         );
     }
     Ok(resp)
+}
+
+/// The `WWW-Authenticate` challenge of an authentication or scope error.
+fn challenge(error: &ApiError) -> Option<String> {
+    match error {
+        ApiError::MissingToken => Some(r#"Bearer realm="orderflow""#.into()),
+        ApiError::InvalidToken(reason) => Some(format!(
+            r#"Bearer realm="orderflow", error="invalid_token", error_description="{reason}""#
+        )),
+        ApiError::InsufficientScope(scope) => Some(format!(
+            r#"Bearer realm="orderflow", error="insufficient_scope", scope="{scope}""#
+        )),
+        _ => None,
+    }
 }
 
 /// `GET /problems/{code}`: the documentation behind each problem `type`.
@@ -342,7 +371,10 @@ mod tests {
             ApiError::PaymentNotFound(String::new()),
             ApiError::InvoiceNotFound(String::new()),
             ApiError::ReceiptNotFound(String::new()),
-            ApiError::OwnerRequired,
+            ApiError::MissingToken,
+            ApiError::InvalidToken(""),
+            ApiError::InsufficientScope(""),
+            ApiError::CustomerMismatch(String::new()),
             ApiError::UnsupportedFileType(String::new()),
             ApiError::InvalidFileName,
             ApiError::InvalidFileId(String::new()),

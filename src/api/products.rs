@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use super::guard::allow;
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
+use crate::auth::scopes;
 use crate::domain::ids::Sku;
 use crate::domain::money::Currency;
 use crate::infra::db::inventory::{self as repo, CatalogError, Product, ProductFields};
@@ -24,20 +26,24 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .and(warp::body::bytes());
     let create = warp::path!("v1" / "products")
         .and(warp::post())
+        .and(allow(&ctx, scopes::CATALOG_ADMIN))
         .and(with_ctx(ctx.clone()))
         .and(body)
         .and_then(create);
     let replace = warp::path!("v1" / "products" / String)
         .and(warp::put())
+        .and(allow(&ctx, scopes::CATALOG_ADMIN))
         .and(with_ctx(ctx.clone()))
         .and(body)
         .and_then(replace);
     let get = warp::path!("v1" / "products" / String)
         .and(warp::get())
+        .and(allow(&ctx, scopes::CATALOG_READ))
         .and(with_ctx(ctx.clone()))
         .and_then(get);
     let list = warp::path!("v1" / "products")
         .and(warp::get())
+        .and(allow(&ctx, scopes::CATALOG_READ))
         .and(with_ctx(ctx))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(list);

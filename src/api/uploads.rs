@@ -2,8 +2,8 @@
 //! checked against its bytes), `GET /v1/files` (the owner's files), `GET /v1/files/{id}` (a
 //! redirect to a presigned download), `DELETE /v1/files/{id}`.
 //!
-//! The owner is the `x-customer-id` header until OAuth2 (issue #5) derives it from the token;
-//! another owner's file answers 404, as if it did not exist.
+//! The owner is the bearer token's subject (`files:write` to upload and delete, `files:read`
+//! to list and download); another owner's file answers 404, as if it did not exist.
 
 use bytes::Buf;
 use futures::StreamExt;
@@ -13,9 +13,10 @@ use uuid::Uuid;
 use warp::http::{StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
+use super::guard::require;
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
-use crate::domain::ids::CustomerId;
+use crate::auth::{Principal, scopes};
 use crate::domain::sniff;
 use crate::infra::db::files::{self as repo, UserFile};
 use crate::infra::s3;
@@ -27,17 +28,11 @@ struct UploadQuery {
 }
 
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    let owner = warp::header::optional::<String>("x-customer-id").and_then(
-        |o: Option<String>| async move {
-            o.as_deref()
-                .and_then(CustomerId::parse)
-                .map(|c| c.to_string())
-                .ok_or_else(|| warp::reject::custom(ApiError::OwnerRequired))
-        },
-    );
+    // The owner of a file is the token's subject.
+    let owner = |scope: &'static str| require(&ctx, scope).map(|p: Principal| p.subject);
     let upload = warp::path!("v1" / "files")
         .and(warp::post())
-        .and(owner)
+        .and(owner(scopes::FILES_WRITE))
         .and(warp::query::<UploadQuery>().or_else(|_| async {
             Err(warp::reject::custom(ApiError::InvalidQuery(
                 "name=<file name> is required, nothing else".into(),
@@ -50,18 +45,18 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .and_then(upload);
     let list = warp::path!("v1" / "files")
         .and(warp::get())
-        .and(owner)
+        .and(owner(scopes::FILES_READ))
         .and(with_ctx(ctx.clone()))
         .and_then(list);
     let download = warp::path!("v1" / "files" / String)
         .and(warp::get())
-        .and(owner)
+        .and(owner(scopes::FILES_READ))
         .and(with_ctx(ctx.clone()))
         .and_then(download);
     let remove = warp::path!("v1" / "files" / String)
         .and(warp::delete())
-        .and(owner)
-        .and(with_ctx(ctx))
+        .and(owner(scopes::FILES_WRITE))
+        .and(with_ctx(ctx.clone()))
         .and_then(remove);
     upload
         .or(list)

@@ -67,7 +67,7 @@ impl TestEnv {
         TestApp {
             app,
             base,
-            http: reqwest::Client::new(),
+            http: admin_client(),
         }
     }
 
@@ -202,6 +202,39 @@ impl TestApp {
             .await
             .unwrap_or_default()
     }
+}
+
+/// A bearer token of the development issuer for `sub` with `scopes`, valid for an hour. Every
+/// test process (and every `orderflow` child it starts) shares the key in
+/// `auth.dev_key_file`, so the token is valid at each of them.
+pub fn token(sub: &str, scopes: &[&str]) -> String {
+    orderflow::auth::mint_dev_token(
+        &orderflow::config::AuthConfig::default(),
+        sub,
+        scopes,
+        Duration::from_secs(3_600),
+    )
+    .unwrap_or_else(|e| panic!("mint a test token: {e}"))
+}
+
+/// A client builder sending a token for `sub` with `scopes` on every request.
+pub fn client_builder_as(sub: &str, scopes: &[&str]) -> reqwest::ClientBuilder {
+    let headers =
+        orderflow::auth::bearer_headers(&token(sub, scopes)).unwrap_or_else(|e| panic!("{e}"));
+    reqwest::Client::builder().default_headers(headers)
+}
+
+/// A client acting as `sub` with `scopes`.
+pub fn client_as(sub: &str, scopes: &[&str]) -> reqwest::Client {
+    client_builder_as(sub, scopes)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A client with every scope (it sees and may change everything): what tests use unless they
+/// test access rules.
+pub fn admin_client() -> reqwest::Client {
+    client_as("test-admin", &orderflow::auth::scopes::ALL)
 }
 
 /// A loopback port nobody listens on right now.
@@ -521,7 +554,7 @@ pub async fn publish_all(config: &Config, logical_topic: &str, envelopes: &[Enve
 
 /// Creates a EUR product through the catalogue API of the process at `base` and expects `201`.
 pub async fn create_product(base: &str, sku: &str, unit_price_minor: i64, on_hand: i64) {
-    let resp = reqwest::Client::new()
+    let resp = admin_client()
         .post(format!("{base}/v1/products"))
         .json(
             &serde_json::json!({"sku": sku, "name": format!("Product {sku}"),

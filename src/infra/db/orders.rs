@@ -152,6 +152,15 @@ impl IntakeWrite {
     }
 }
 
+/// The customer who placed order `id`, if it exists.
+pub async fn owner_of(pool: &PgPool, id: Uuid) -> Result<Option<String>, DbError> {
+    let row = sqlx::query("SELECT customer_id FROM orders.orders WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| r.try_get("customer_id")).transpose()?)
+}
+
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<OrderRecord>, DbError> {
     let mut found = load_orders(
         pool,
