@@ -145,17 +145,32 @@ impl App {
             let _ = root_handle.await;
         });
 
+        let cache = (config.cache.enabled && services.contains(&Service::Api)).then(|| {
+            let cache = Arc::new(crate::infra::cache::Cache::new(
+                redis.clone(),
+                &config.cache,
+            ));
+            crate::infra::cache::spawn_invalidator(pool.clone(), cache.clone());
+            cache
+        });
         let ctx = ApiContext {
             config: config.clone(),
             pool: pool.clone(),
             producer: producer.clone(),
-            redis,
+            redis: redis.clone(),
             s3,
             s3_breaker,
             smtp_breaker,
             writers,
             metrics,
             auth,
+            cache: cache.clone(),
+            limiter: config.rate_limit.enabled.then(|| {
+                Arc::new(crate::infra::ratelimit::RateLimiter::new(
+                    redis.clone(),
+                    Duration::from_millis(config.rate_limit.timeout_ms),
+                ))
+            }),
             serve_v1: services.contains(&Service::Api),
             instance: instance.clone(),
         };
@@ -176,6 +191,22 @@ impl App {
                 let _ = stop_rx.await;
             });
         let http_task = tokio::spawn(server.run());
+        if services.contains(&Service::Api) {
+            // Expired idempotency keys are deleted in the background (a request never waits
+            // for it: an expired key is also claimable in place). Stops with the runtime.
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(600));
+                loop {
+                    every.tick().await;
+                    match db::idempotency::purge_expired(&pool, 10_000).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(keys = n, "expired idempotency keys deleted"),
+                        Err(e) => tracing::warn!(error = %e, "idempotency key purge failed"),
+                    }
+                }
+            });
+        }
         tracing::info!(%addr, services = ?services, "orderflow started");
         Ok(App {
             addr,

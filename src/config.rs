@@ -108,6 +108,136 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
+    pub idempotency: IdempotencyConfig,
+    pub cache: CacheConfig,
+}
+
+/// The Redis read cache of catalogue entries and orders (see `src/infra/cache.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Entries expire after this long even without a change (it bounds memory; changes
+    /// invalidate at once).
+    pub ttl_secs: u64,
+    pub key_prefix: String,
+    /// How long a request waits for the cache before reading PostgreSQL instead.
+    pub timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_secs: 300,
+            key_prefix: "orderflow:cache:".into(),
+            timeout_ms: 50,
+        }
+    }
+}
+
+/// `Idempotency-Key` on `POST /v1/orders` and `POST /v1/files`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a key's response is kept and answered again.
+    pub ttl_secs: u64,
+    /// A key whose first request has no response after this long was abandoned (its process
+    /// died before committing anything) and may be claimed again.
+    pub abandon_after_secs: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 24 * 3_600,
+            abandon_after_secs: 60,
+        }
+    }
+}
+
+/// One limit: `per_second` on average, up to `burst` at once (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// What the API does when Redis cannot tell whether a request is within its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Admit the request (logged and counted): availability over protection.
+    Open,
+    /// Refuse it with 503: protection over availability.
+    Closed,
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(FailMode::Open),
+            "closed" => Ok(FailMode::Closed),
+            _ => Err("expected open or closed".into()),
+        }
+    }
+}
+
+/// Rate limits shared by every instance through Redis (see `src/infra/ratelimit.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub on_redis_error: FailMode,
+    /// Prefix of the Redis keys (deployments sharing a Redis keep apart by it).
+    pub key_prefix: String,
+    /// How long a request waits for Redis before `on_redis_error` decides.
+    pub timeout_ms: u64,
+    /// Per client IP, over every `/v1` route, checked before the token.
+    pub per_ip: Limit,
+    /// Per token subject and route, for routes not in `routes`.
+    pub per_subject: Limit,
+    /// Per token subject for one route, keyed `"METHOD /route"` as in the metrics'
+    /// `route` label (for example `"POST /v1/orders"`).
+    pub routes: std::collections::BTreeMap<String, Limit>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        let mut routes = std::collections::BTreeMap::new();
+        routes.insert(
+            "POST /v1/orders".to_owned(),
+            Limit {
+                per_second: 10.0,
+                burst: 20,
+            },
+        );
+        routes.insert(
+            "POST /v1/files".to_owned(),
+            Limit {
+                per_second: 2.0,
+                burst: 10,
+            },
+        );
+        Self {
+            enabled: true,
+            on_redis_error: FailMode::Open,
+            key_prefix: "orderflow:rl:".into(),
+            timeout_ms: 100,
+            per_ip: Limit {
+                per_second: 200.0,
+                burst: 400,
+            },
+            per_subject: Limit {
+                per_second: 50.0,
+                burst: 100,
+            },
+            routes,
+        }
+    }
 }
 
 /// Where bearer tokens come from.
@@ -759,6 +889,22 @@ impl Config {
         env.string("ORDERFLOW_AUTH_JWKS_URL", &mut self.auth.jwks_url);
         env.string("ORDERFLOW_AUTH_DEV_KEY_FILE", &mut self.auth.dev_key_file);
         env.parse("ORDERFLOW_AUTH_LEEWAY_SECS", &mut self.auth.leeway_secs)?;
+        env.parse("ORDERFLOW_RATE_LIMIT_ENABLED", &mut self.rate_limit.enabled)?;
+        env.parse(
+            "ORDERFLOW_RATE_LIMIT_ON_REDIS_ERROR",
+            &mut self.rate_limit.on_redis_error,
+        )?;
+        env.parse("ORDERFLOW_CACHE_ENABLED", &mut self.cache.enabled)?;
+        env.parse("ORDERFLOW_CACHE_TTL_SECS", &mut self.cache.ttl_secs)?;
+        env.string("ORDERFLOW_CACHE_KEY_PREFIX", &mut self.cache.key_prefix);
+        env.parse(
+            "ORDERFLOW_IDEMPOTENCY_TTL_SECS",
+            &mut self.idempotency.ttl_secs,
+        )?;
+        env.string(
+            "ORDERFLOW_RATE_LIMIT_KEY_PREFIX",
+            &mut self.rate_limit.key_prefix,
+        );
         Ok(())
     }
 
@@ -766,6 +912,14 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.auth.issuer.trim().is_empty() || self.auth.audience.trim().is_empty() {
             return bad("auth.issuer and auth.audience must not be empty");
+        }
+        let limits = [self.rate_limit.per_ip, self.rate_limit.per_subject]
+            .into_iter()
+            .chain(self.rate_limit.routes.values().copied());
+        for limit in limits {
+            if !(limit.per_second > 0.0 && limit.per_second <= 1_000_000.0) || limit.burst == 0 {
+                return bad("rate limits need per_second in (0, 10^6] and a burst of at least 1");
+            }
         }
         if self.auth.mode == AuthMode::Dev && self.auth.dev_key_file.trim().is_empty() {
             return bad("auth.dev_key_file must name a file in auth.mode = \"dev\"");

@@ -90,6 +90,32 @@ pub enum LoadError {
     Setup(String),
 }
 
+/// Waits (at most 10 s) until the stock of every finished order of the run is committed or
+/// released — the saga's follow-up commands after the outcome the load measures — so the
+/// in-process deployment stops with a consistent database (`orderflow check` passes after a
+/// run).
+async fn drain_follow_ups(config: &Config, orders: &[uuid::Uuid]) {
+    let Ok(pool) = crate::infra::db::connect(&config.database) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let open: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "SELECT count(*) FROM inventory.reservations r
+             JOIN orders.orders o ON o.id = r.order_id
+             WHERE r.order_id = ANY($1) AND r.status = 'RESERVED' AND o.status <> 'PENDING'",
+        )
+        .bind(orders)
+        .fetch_one(&pool)
+        .await;
+        match open {
+            Ok(0) | Err(_) => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    pool.close().await;
+}
+
 fn setup(e: impl std::fmt::Display) -> LoadError {
     LoadError::Setup(e.to_string())
 }
@@ -109,6 +135,9 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
             let run = format!("load-{}.", &run[run.len() - 12..]);
             config.kafka.topic_prefix = format!("{}{run}", config.kafka.topic_prefix);
             config.kafka.group_prefix = format!("{}{run}", config.kafka.group_prefix);
+            // One subject sends every order: the per-subject limits would refuse most of them
+            // by design. The load measures the pipeline; the limiter has its own test.
+            config.rate_limit.enabled = false;
             let app = App::build(config.clone(), Service::ALL)
                 .await
                 .map_err(|e| LoadError::Start(e.to_string()))?;
@@ -234,6 +263,10 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
     let mut early: HashMap<String, (bool, Instant)> = HashMap::new();
     let settle_until = Instant::now() + opts.settle;
     let n_accepted = pending.len() as u64;
+    let accepted_ids: Vec<uuid::Uuid> = pending
+        .keys()
+        .filter_map(|id| uuid::Uuid::try_parse(id).ok())
+        .collect();
     // Terminal events may have arrived before the 201 was processed: match both ways.
     while !pending.is_empty() {
         let left = settle_until.saturating_duration_since(Instant::now());
@@ -268,6 +301,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         std::fs::write(path, text).map_err(setup)?;
     }
     if let Some(app) = app {
+        drain_follow_ups(&config, &accepted_ids).await;
         app.shutdown().await;
         match kafka::delete_prefixed(&config.kafka, &config.kafka.topic_prefix).await {
             Ok(n) => tracing::debug!(topics = n, "the run's topics are deleted"),

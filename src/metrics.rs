@@ -26,6 +26,12 @@ pub const CIRCUIT_STATE: &str = "orderflow_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "orderflow_circuit_transitions_total";
 pub const AUTH_FAILURES: &str = "orderflow_auth_failures_total";
 pub const AUTH_JWKS_FETCHES: &str = "orderflow_auth_jwks_fetches_total";
+pub const RATE_LIMITED: &str = "orderflow_rate_limited_total";
+pub const IDEMPOTENT_REPLAYS: &str = "orderflow_idempotent_replays_total";
+pub const CACHE_LOOKUPS: &str = "orderflow_cache_lookups_total";
+pub const CACHE_INVALIDATIONS: &str = "orderflow_cache_invalidations_total";
+pub const CACHE_INVALIDATION_ERRORS: &str = "orderflow_cache_invalidation_errors_total";
+pub const RATE_LIMIT_ERRORS: &str = "orderflow_rate_limit_errors_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -64,6 +70,27 @@ fn describe() {
     describe_counter!(
         AUTH_FAILURES,
         "Requests refused for their bearer token, by reason (missing, expired, bad signature, missing scope...)"
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Read-cache lookups by cache (product, products, order) and outcome (hit, miss, error)"
+    );
+    describe_counter!(CACHE_INVALIDATIONS, "Read-cache entries invalidated");
+    describe_counter!(
+        CACHE_INVALIDATION_ERRORS,
+        "Read-cache invalidations that failed (Redis unreachable)"
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Requests answered with the stored response of their Idempotency-Key, by route"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused with 429, by the limit that refused them (ip, subject)"
+    );
+    describe_counter!(
+        RATE_LIMIT_ERRORS,
+        "Requests whose rate limit Redis could not check, by the configured mode (open: admitted, closed: refused)"
     );
     describe_counter!(
         AUTH_JWKS_FETCHES,

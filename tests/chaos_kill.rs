@@ -178,6 +178,22 @@ async fn sigkill_under_load_loses_no_committed_order() {
         let _ = c.await;
     }
     let accepted = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // A COMMIT the killed process sent may still be running in its server backend: wait until
+    // no statement of anyone else runs on this database before reading what committed.
+    eventually(
+        WAIT,
+        "the killed process's last statements finish",
+        || async {
+            (env.count(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'",
+            )
+            .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
     let committed = order_ids(&env).await;
     // Every 201 is durable; a request cut off by the kill may have committed too.
     assert!(

@@ -38,9 +38,16 @@ async fn load_run_follows_every_order_to_its_end() {
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out).unwrap_or_default()).unwrap_or_default();
     assert_eq!(written["accepted"], 50);
-    let report = orderflow::invariants::check(&env.pool, None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.is_clean(), "{:?}", report.violations);
+    // The stock commits follow the confirmations (the saga sends CommitStock after
+    // OrderConfirmed): wait for them before reconciling.
+    support::eventually(
+        Duration::from_secs(30),
+        "orders, payments and stock reconcile",
+        || async {
+            let report = orderflow::invariants::check(&env.pool, None).await.ok()?;
+            report.is_clean().then_some(())
+        },
+    )
+    .await;
     env.cleanup().await;
 }

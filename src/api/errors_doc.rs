@@ -56,6 +56,18 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "insufficient_scope" => {
             "The token is valid but lacks the scope this route needs (orders:read, orders:write, orders:admin, catalog:read, catalog:admin, files:read, files:write)."
         }
+        "invalid_idempotency_key" => {
+            "Idempotency-Key must be 1-255 visible ASCII characters (a UUID is a good choice)."
+        }
+        "idempotency_key_reused" => {
+            "This Idempotency-Key was first used with a different request (body, or file name, type and bytes); use a new key for a new request."
+        }
+        "idempotency_key_in_use" => {
+            "The first request with this Idempotency-Key has not finished; retry after Retry-After and get its response."
+        }
+        "rate_limited" => {
+            "Too many requests from this client IP or token subject: wait Retry-After seconds. Limits are per IP over all routes and per subject and route (rate_limit in the configuration), shared by every instance through Redis."
+        }
         "customer_mismatch" => {
             "An order is placed for the token's subject: customer_id must equal the token's sub unless the token has orders:admin."
         }

@@ -1,24 +1,110 @@
-//! The API's side of OAuth2: the filter that turns a request's bearer token into a
-//! [`Principal`] holding a route's scope, the ownership rule for orders, and the development
-//! issuer's published keys.
+//! The API's edge for every `/v1` route: the rate limits (per client IP, then per token
+//! subject and route), the filter that turns a request's bearer token into a [`Principal`]
+//! holding the route's scope, the ownership rule for orders, and the development issuer's
+//! published keys.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use uuid::Uuid;
+use warp::path::FullPath;
 use warp::{Filter, Rejection, Reply};
 
 use super::ApiContext;
 use super::problem::ApiError;
 use crate::auth::{AuthError, Principal};
+use crate::config::{FailMode, RateLimitConfig};
+use crate::infra::ratelimit::{Check, Decision, RateLimiter};
+
+/// The rate limits as the guard applies them.
+#[derive(Clone)]
+struct Limits {
+    limiter: Option<Arc<RateLimiter>>,
+    config: Arc<crate::config::Config>,
+}
+
+/// When the last "rate limiter unavailable" warning was logged (seconds since the epoch), so
+/// an outage logs once a second, not once a request.
+static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+
+impl Limits {
+    fn config(&self) -> &RateLimitConfig {
+        &self.config.rate_limit
+    }
+
+    /// Charges one request to `key` under `limit`; `kind` (`ip`, `subject`) labels metrics.
+    async fn enforce(
+        &self,
+        kind: &'static str,
+        key: String,
+        limit: crate::config::Limit,
+    ) -> Result<(), Rejection> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let key = format!("{}{key}", self.config().key_prefix);
+        match limiter.check(&[Check { key, limit }]).await {
+            Ok(Decision::Allowed { .. }) => Ok(()),
+            Ok(Decision::Limited { retry_after, limit }) => {
+                metrics::counter!(crate::metrics::RATE_LIMITED, "kind" => kind).increment(1);
+                Err(warp::reject::custom(ApiError::RateLimited {
+                    retry_after,
+                    burst: limit.burst,
+                    window_secs: (f64::from(limit.burst) / limit.per_second).ceil().max(1.0) as u64,
+                }))
+            }
+            Err(e) => {
+                let mode = self.config().on_redis_error;
+                let label = if mode == FailMode::Open {
+                    "open"
+                } else {
+                    "closed"
+                };
+                metrics::counter!(crate::metrics::RATE_LIMIT_ERRORS, "mode" => label).increment(1);
+                let now = crate::auth::unix_now();
+                if LAST_WARNING.swap(now, Ordering::Relaxed) != now {
+                    tracing::warn!(error = %e, mode = label, "rate limiter unavailable");
+                }
+                match mode {
+                    FailMode::Open => Ok(()),
+                    FailMode::Closed => Err(warp::reject::custom(ApiError::Unavailable(format!(
+                        "rate limiter unavailable: {e}"
+                    )))),
+                }
+            }
+        }
+    }
+}
 
 /// Requires a valid bearer token that grants `scope`; extracts its principal. Put it after the
 /// route's path and method, so a refused token is the answer of the route it was meant for.
+/// Before the token is checked the client IP's limit is charged, after it the subject's limit
+/// for this route (`429 rate_limited` when one is spent).
 pub fn require(
     ctx: &ApiContext,
     scope: &'static str,
 ) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone + use<> {
     let auth = ctx.auth.clone();
-    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+    let limits = Limits {
+        limiter: ctx.limiter.clone(),
+        config: ctx.config.clone(),
+    };
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(
+        move |method: warp::http::Method,
+              path: FullPath,
+              remote: Option<SocketAddr>,
+              header: Option<String>| {
         let auth = auth.clone();
+        let limits = limits.clone();
         async move {
+            let ip = remote.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+            let per_ip = limits.config().per_ip;
+            limits.enforce("ip", format!("ip:{ip}"), per_ip).await?;
             let principal = auth.authenticate(header.as_deref()).await.map_err(|e| {
                 metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => e.reason())
                     .increment(1);
@@ -35,6 +121,16 @@ pub fn require(
                     .increment(1);
                 return Err(warp::reject::custom(ApiError::InsufficientScope(scope)));
             }
+            let route = format!("{method} {}", super::route_label(path.as_str()));
+            let limit = limits
+                .config()
+                .routes
+                .get(&route)
+                .copied()
+                .unwrap_or(limits.config().per_subject);
+            limits
+                .enforce("subject", format!("sub:{}:{route}", principal.subject), limit)
+                .await?;
             Ok::<_, Rejection>(principal)
         }
     })

@@ -6,6 +6,7 @@ pub mod errors_doc;
 pub mod events;
 pub mod guard;
 pub mod health;
+pub mod idempotency;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
@@ -43,6 +44,10 @@ pub struct ApiContext {
     pub metrics: PrometheusHandle,
     /// Validates the bearer tokens of `/v1` requests.
     pub auth: Arc<crate::auth::Authenticator>,
+    /// The read cache (`None` when `cache.enabled` is off).
+    pub cache: Option<Arc<crate::infra::cache::Cache>>,
+    /// The shared rate limits (`None` when `rate_limit.enabled` is off).
+    pub limiter: Option<Arc<crate::infra::ratelimit::RateLimiter>>,
     /// Serve `/v1` (the `api` service); health and metrics are always served.
     pub serve_v1: bool,
     /// This process's actor-name prefix (to find the status hub).
@@ -101,7 +106,7 @@ fn record_metrics(info: warp::log::Info<'_>) {
 }
 
 /// A bounded label for a path (ids replaced by placeholders).
-fn route_label(path: &str) -> &'static str {
+pub(crate) fn route_label(path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["v1", "orders"] => "/v1/orders",
@@ -123,6 +128,44 @@ fn route_label(path: &str) -> &'static str {
         [".well-known", "jwks.json"] => "/.well-known/jwks.json",
         _ => "other",
     }
+}
+
+/// A JSON document from the read cache, or loaded by `load` (`Ok(None)`: it does not exist,
+/// which is not cached) and cached. Without a cache, or when Redis fails, it is simply loaded.
+pub async fn cached_json<F, Fut>(
+    ctx: &ApiContext,
+    kind: &'static str,
+    hash: &str,
+    field: &str,
+    load: F,
+) -> Result<Option<Vec<u8>>, warp::Rejection>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<u8>>, warp::Rejection>>,
+{
+    let Some(cache) = &ctx.cache else {
+        return load().await;
+    };
+    match cache.lookup(kind, hash, field).await {
+        crate::infra::cache::Lookup::Hit(bytes) => Ok(Some(bytes)),
+        crate::infra::cache::Lookup::Miss(ticket) => {
+            let loaded = load().await?;
+            if let Some(bytes) = &loaded {
+                cache.store(ticket, bytes).await;
+            }
+            Ok(loaded)
+        }
+    }
+}
+
+/// A `200` with a JSON body that is already serialised.
+pub fn json_bytes(body: Vec<u8>) -> warp::reply::Response {
+    let mut resp = warp::reply::Response::new(body.into());
+    resp.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Time since a request started, for handlers that log their own latency.

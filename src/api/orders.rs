@@ -11,12 +11,14 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::guard::{owned_order, require};
+use super::idempotency::{self, Begin};
 use super::problem::ApiError;
-use super::{ApiContext, with_ctx};
+use super::{ApiContext, cached_json, json_bytes, with_ctx};
 use crate::auth::{Principal, scopes};
 use crate::domain::envelope::{Envelope, OrderPlaced, topics};
 use crate::domain::ids::OrderId;
 use crate::domain::order::{OrderStatus, PlaceOrder};
+use crate::infra::cache;
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::orders::{
     self as repo, CancelError, OrderFilter, OrderRecord, OutboxMessage,
@@ -29,6 +31,7 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .and(warp::post())
         .and(require(&ctx, scopes::ORDERS_WRITE))
         .and(with_ctx(ctx.clone()))
+        .and(super::idempotency::key())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("traceparent"))
         .and(warp::body::content_length_limit(limit))
@@ -79,6 +82,7 @@ fn is_json(content_type: Option<&str>) -> bool {
 async fn place_order(
     principal: Principal,
     ctx: ApiContext,
+    idempotency_key: Option<String>,
     content_type: Option<String>,
     traceparent: Option<String>,
     body: Bytes,
@@ -97,6 +101,18 @@ async fn place_order(
             scopes::ORDERS_ADMIN
         ))));
     }
+    let claimed = match idempotency::begin(
+        &ctx,
+        &principal.subject,
+        "POST /v1/orders",
+        idempotency_key,
+        &idempotency::fingerprint(&[&body]),
+    )
+    .await?
+    {
+        Begin::Replay(response) => return Ok(response),
+        Begin::Proceed(claimed) => claimed,
+    };
     let trace = traceparent
         .as_deref()
         .and_then(TraceContext::parse)
@@ -123,9 +139,16 @@ async fn place_order(
             envelope: &envelope,
             traceparent: Some(trace.to_header()),
         },
+        claimed.as_ref(),
     )
-    .await
-    .map_err(unavailable)?;
+    .await;
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
+            idempotency::release(&ctx, claimed.as_ref()).await;
+            return Err(unavailable(e));
+        }
+    };
     metrics::counter!(crate::metrics::ORDERS_ACCEPTED).increment(1);
     tracing::debug!(order_id = %id, trace_id = %trace.trace_id_hex(), lines = order.lines.len(), "order accepted");
     let location = format!("/v1/orders/{id}");
@@ -140,13 +163,34 @@ async fn get_order(
     ctx: ApiContext,
 ) -> Result<warp::reply::Response, Rejection> {
     let uuid = Uuid::try_parse(&id).map_err(|_| reject(ApiError::InvalidOrderId(id.clone())))?;
+    let body = cached_json(&ctx, "order", &cache::order_key(uuid), "json", || {
+        load_order(&ctx, uuid)
+    })
+    .await?;
     // Someone else's order is answered exactly as a missing one.
+    let owner = body
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<OwnerOnly>(b).ok())
+        .map(|o| o.customer_id);
+    match (body, owner) {
+        (Some(body), Some(owner)) if principal.may_access(&owner) => Ok(json_bytes(body)),
+        _ => Err(reject(ApiError::OrderNotFound(uuid.to_string()))),
+    }
+}
+
+/// The part of a cached order the ownership check reads.
+#[derive(serde::Deserialize)]
+struct OwnerOnly {
+    customer_id: String,
+}
+
+/// The order as `GET /v1/orders/{id}` shows it, with links to its documents.
+async fn load_order(ctx: &ApiContext, uuid: Uuid) -> Result<Option<Vec<u8>>, Rejection> {
     let Some(order) = repo::get_order(&ctx.pool, uuid)
         .await
         .map_err(unavailable)?
-        .filter(|o| principal.may_access(&o.customer_id))
     else {
-        return Err(reject(ApiError::OrderNotFound(uuid.to_string())));
+        return Ok(None);
     };
     // The documents the file service stored for it (invoice, receipt), as links.
     let documents: Vec<serde_json::Value> = crate::infra::db::files::documents_of(&ctx.pool, uuid)
@@ -166,7 +210,7 @@ async fn get_order(
     if let Some(obj) = body.as_object_mut() {
         obj.insert("documents".into(), documents.into());
     }
-    Ok(warp::reply::json(&body).into_response())
+    serde_json::to_vec(&body).map(Some).map_err(unavailable)
 }
 
 /// `POST /v1/orders/{id}/cancel`: asks the order's saga to cancel. `202 Accepted`: the saga

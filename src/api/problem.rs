@@ -62,6 +62,20 @@ pub enum ApiError {
     InsufficientScope(&'static str),
     #[error("{0}")]
     CustomerMismatch(String),
+    #[error("the Idempotency-Key header must be 1-255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("the first request with this Idempotency-Key is still running; retry shortly")]
+    IdempotencyKeyInUse,
+    /// Refused by a limit of `burst` requests per `window_secs`; one more fits after
+    /// `retry_after`.
+    #[error("too many requests; retry after {} ms", retry_after.as_millis())]
+    RateLimited {
+        retry_after: std::time::Duration,
+        burst: u32,
+        window_secs: u64,
+    },
     #[error("{0}")]
     UnsupportedFileType(String),
     #[error("name must be 1-255 characters without slashes or control characters")]
@@ -119,6 +133,10 @@ impl ApiError {
             ApiError::InvalidToken(_) => "invalid_token",
             ApiError::InsufficientScope(_) => "insufficient_scope",
             ApiError::CustomerMismatch(_) => "customer_mismatch",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
             ApiError::UnsupportedFileType(_) => "unsupported_file_type",
             ApiError::InvalidFileName => "invalid_file_name",
             ApiError::InvalidFileId(_) => "invalid_file_id",
@@ -137,7 +155,10 @@ impl ApiError {
             | ApiError::InvalidOrderId(_)
             | ApiError::InvalidCursor
             | ApiError::InvalidFileId(_)
+            | ApiError::InvalidIdempotencyKey
             | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
             ApiError::Validation(_) | ApiError::InvalidProduct(_) | ApiError::InvalidFileName => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -160,6 +181,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope(_) | ApiError::CustomerMismatch(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -262,6 +284,20 @@ pub async fn recover(
         metrics::counter!(crate::metrics::ORDERS_REJECTED, "code" => error.code()).increment(1);
     }
     let mut resp = reply(&error);
+    if let ApiError::RateLimited {
+        retry_after,
+        burst,
+        window_secs,
+    } = &error
+    {
+        rate_limit_headers(resp.headers_mut(), *retry_after, *burst, *window_secs);
+    }
+    if let ApiError::IdempotencyKeyInUse = &error {
+        resp.headers_mut().insert(
+            warp::http::header::RETRY_AFTER,
+            warp::http::HeaderValue::from_static("1"),
+        );
+    }
     if let Some(challenge) = challenge(&error) {
         // RFC 6750 §3: how to authenticate, and why the token was refused.
         if let Ok(value) = warp::http::HeaderValue::from_str(&challenge) {
@@ -278,6 +314,29 @@ pub async fn recover(
         );
     }
     Ok(resp)
+}
+
+/// `Retry-After` (whole seconds, rounded up, RFC 9110) and the RateLimit header fields
+/// (draft-ietf-httpapi-ratelimit-headers): the limit's burst, nothing remaining, seconds until
+/// one more request fits, and the policy (`burst` per window).
+fn rate_limit_headers(
+    headers: &mut warp::http::HeaderMap,
+    retry_after: std::time::Duration,
+    burst: u32,
+    window_secs: u64,
+) {
+    let secs = retry_after.as_millis().div_ceil(1_000).max(1);
+    for (name, value) in [
+        ("retry-after", secs.to_string()),
+        ("ratelimit-limit", burst.to_string()),
+        ("ratelimit-remaining", "0".to_owned()),
+        ("ratelimit-reset", secs.to_string()),
+        ("ratelimit-policy", format!("{burst};w={window_secs}")),
+    ] {
+        if let Ok(v) = warp::http::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
 }
 
 /// The `WWW-Authenticate` challenge of an authentication or scope error.
@@ -375,6 +434,14 @@ mod tests {
             ApiError::InvalidToken(""),
             ApiError::InsufficientScope(""),
             ApiError::CustomerMismatch(String::new()),
+            ApiError::InvalidIdempotencyKey,
+            ApiError::IdempotencyKeyReused,
+            ApiError::IdempotencyKeyInUse,
+            ApiError::RateLimited {
+                retry_after: std::time::Duration::ZERO,
+                burst: 1,
+                window_secs: 1,
+            },
             ApiError::UnsupportedFileType(String::new()),
             ApiError::InvalidFileName,
             ApiError::InvalidFileId(String::new()),

@@ -10,10 +10,11 @@ use warp::{Filter, Rejection, Reply};
 
 use super::guard::allow;
 use super::problem::ApiError;
-use super::{ApiContext, with_ctx};
+use super::{ApiContext, cached_json, json_bytes, with_ctx};
 use crate::auth::scopes;
 use crate::domain::ids::Sku;
 use crate::domain::money::Currency;
+use crate::infra::cache;
 use crate::infra::db::inventory::{self as repo, CatalogError, Product, ProductFields};
 
 const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
@@ -151,6 +152,7 @@ async fn create(
     let product = repo::create_product(&ctx.pool, sku.as_str(), &fields)
         .await
         .map_err(catalog_error)?;
+    invalidate_product(&ctx, &product.sku).await;
     tracing::info!(sku = %product.sku, on_hand = product.on_hand, "product created");
     let reply = warp::reply::with_status(warp::reply::json(&product), StatusCode::CREATED);
     Ok(
@@ -168,10 +170,13 @@ async fn replace(
     let sku = parse_sku(&sku)?;
     let request: ProductBody = parse_body(content_type.as_deref(), &body)?;
     let fields = validate(&request)?;
-    match repo::update_product(&ctx.pool, sku.as_str(), &fields)
+    let updated = repo::update_product(&ctx.pool, sku.as_str(), &fields)
         .await
-        .map_err(catalog_error)?
-    {
+        .map_err(catalog_error)?;
+    // Before answering, so that the caller's next read (on any instance) sees the change;
+    // the trigger's notification invalidates it again a moment later.
+    invalidate_product(&ctx, sku.as_str()).await;
+    match updated {
         Some(product) => {
             tracing::info!(sku = %product.sku, on_hand = product.on_hand, "product updated");
             Ok(warp::reply::json(&product).into_response())
@@ -180,13 +185,38 @@ async fn replace(
     }
 }
 
+/// Drops the product's cache entry and the listing pages (a failure is logged: the trigger's
+/// notification retries it).
+async fn invalidate_product(ctx: &ApiContext, sku: &str) {
+    if let Some(cache) = &ctx.cache {
+        let hashes = [cache::product_key(sku), cache::PRODUCT_PAGES.to_owned()];
+        if let Err(e) = cache.invalidate(&hashes).await {
+            tracing::warn!(error = %e, sku, "cache invalidation failed");
+        }
+    }
+}
+
 async fn get(sku: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
     let sku = parse_sku(&sku)?;
-    match repo::get_product(&ctx.pool, sku.as_str())
-        .await
-        .map_err(|e| reject(ApiError::Unavailable(e.to_string())))?
-    {
-        Some(product) => Ok(warp::reply::json(&product).into_response()),
+    let body = cached_json(
+        &ctx,
+        "product",
+        &cache::product_key(sku.as_str()),
+        "json",
+        || async {
+            let product = repo::get_product(&ctx.pool, sku.as_str())
+                .await
+                .map_err(|e| reject(ApiError::Unavailable(e.to_string())))?;
+            product
+                .map(|p| {
+                    serde_json::to_vec(&p).map_err(|e| reject(ApiError::Unavailable(e.to_string())))
+                })
+                .transpose()
+        },
+    )
+    .await?;
+    match body {
+        Some(body) => Ok(json_bytes(body)),
         None => Err(reject(ApiError::ProductNotFound(sku.to_string()))),
     }
 }
@@ -252,13 +282,24 @@ async fn list(
             }
         }
     }
-    let items = repo::list_products(&ctx.pool, after.as_deref(), limit)
-        .await
-        .map_err(|e| reject(ApiError::Unavailable(e.to_string())))?;
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|p| encode_cursor(&p.sku)))
-        .flatten();
-    Ok(warp::reply::json(&ProductPage { items, next_cursor }).into_response())
+    let page = format!(
+        "limit={limit}&after={}",
+        after.as_deref().map(encode_cursor).unwrap_or_default()
+    );
+    let body = cached_json(&ctx, "products", cache::PRODUCT_PAGES, &page, || async {
+        let items = repo::list_products(&ctx.pool, after.as_deref(), limit)
+            .await
+            .map_err(|e| reject(ApiError::Unavailable(e.to_string())))?;
+        let next_cursor = (items.len() == limit as usize)
+            .then(|| items.last().map(|p| encode_cursor(&p.sku)))
+            .flatten();
+        serde_json::to_vec(&ProductPage { items, next_cursor })
+            .map(Some)
+            .map_err(|e| reject(ApiError::Unavailable(e.to_string())))
+    })
+    .await?
+    .unwrap_or_default();
+    Ok(json_bytes(body))
 }
 
 #[cfg(test)]

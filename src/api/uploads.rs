@@ -14,11 +14,13 @@ use warp::http::{StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
 use super::guard::require;
+use super::idempotency::{self, Begin};
 use super::problem::ApiError;
 use super::{ApiContext, with_ctx};
 use crate::auth::{Principal, scopes};
 use crate::domain::sniff;
 use crate::infra::db::files::{self as repo, UserFile};
+use crate::infra::db::idempotency::{self as idempotency_repo, KeyRef, Stored};
 use crate::infra::s3;
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +35,7 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
     let upload = warp::path!("v1" / "files")
         .and(warp::post())
         .and(owner(scopes::FILES_WRITE))
+        .and(super::idempotency::key())
         .and(warp::query::<UploadQuery>().or_else(|_| async {
             Err(warp::reject::custom(ApiError::InvalidQuery(
                 "name=<file name> is required, nothing else".into(),
@@ -82,6 +85,7 @@ fn valid_name(name: &str) -> bool {
 
 async fn upload<S, B>(
     owner: String,
+    idempotency_key: Option<String>,
     query: UploadQuery,
     content_type: Option<String>,
     content_length: Option<u64>,
@@ -143,12 +147,53 @@ where
             )));
         }
     }
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let fingerprint =
+        idempotency::fingerprint(&[query.name.as_bytes(), declared.as_bytes(), &digest]);
+    let claimed = match idempotency::begin(
+        &ctx,
+        &owner,
+        "POST /v1/files",
+        idempotency_key,
+        &fingerprint,
+    )
+    .await?
+    {
+        Begin::Replay(response) => return Ok(response),
+        Begin::Proceed(claimed) => claimed,
+    };
+    let stored = store(
+        &ctx,
+        owner,
+        query.name,
+        declared,
+        bytes,
+        digest,
+        claimed.as_ref(),
+    )
+    .await;
+    if stored.is_err() {
+        idempotency::release(&ctx, claimed.as_ref()).await;
+    }
+    stored
+}
+
+/// Uploads a checked file to S3 and records it (with the idempotency key's response, in one
+/// transaction).
+async fn store(
+    ctx: &ApiContext,
+    owner: String,
+    name: String,
+    declared: String,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    idempotency_key: Option<&KeyRef>,
+) -> Result<warp::reply::Response, Rejection> {
     let id = Uuid::now_v7();
     let key = format!("uploads/{id}");
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
     let part = usize::try_from(ctx.config.files.multipart_part_bytes).unwrap_or(usize::MAX);
     let multipart = bytes.len() > part;
-    let metadata = [("owner", owner.clone()), ("file-name", query.name.clone())];
+    let metadata = [("owner", owner.clone()), ("file-name", name.clone())];
     let bucket = ctx.config.s3.bucket.clone();
     let stored = if multipart {
         ctx.s3_breaker
@@ -173,7 +218,7 @@ where
     let file = UserFile {
         id,
         owner,
-        file_name: query.name,
+        file_name: name,
         content_type: declared,
         size_bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
         sha256: s3::hex(&digest),
@@ -182,13 +227,31 @@ where
         multipart,
         created_at: chrono::Utc::now(),
     };
-    let file = repo::insert_user_file(&ctx.pool, &file)
+    let mut tx = ctx.pool.begin().await.map_err(|e| unavailable(&e))?;
+    let file = repo::insert_user_file(&mut tx, &file)
         .await
         .map_err(|e| unavailable(&e))?;
+    let location = format!("/v1/files/{}", file.id);
+    let body = serde_json::to_vec(&file).map_err(|e| unavailable(&e))?;
+    if let Some(key) = idempotency_key {
+        let response = Stored {
+            status: 201,
+            location: Some(location.clone()),
+            body: body.clone(),
+        };
+        idempotency_repo::finish_on(&mut tx, key, &response)
+            .await
+            .map_err(|e| unavailable(&e))?;
+    }
+    tx.commit().await.map_err(|e| unavailable(&e))?;
     tracing::info!(file_id = %file.id, bytes = file.size_bytes, multipart, "file uploaded");
-    let mut resp =
-        warp::reply::with_status(warp::reply::json(&file), StatusCode::CREATED).into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/files/{}", file.id)) {
+    let mut resp = warp::reply::Response::new(body.into());
+    *resp.status_mut() = StatusCode::CREATED;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)

@@ -48,6 +48,11 @@ impl TestEnv {
         config.kafka.partitions = 3;
         config.http.bind = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
         config.outbox.poll_interval_ms = 200;
+        // Tests drive hundreds of requests a second from one subject and one IP; the limits
+        // have their own test (rate_limit.rs), which turns them on.
+        config.rate_limit.enabled = false;
+        config.rate_limit.key_prefix = format!("t{short}:rl:");
+        config.cache.key_prefix = format!("t{short}:cache:");
         let pool = PgPool::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("connect to {db_name}: {e}"));
@@ -94,6 +99,11 @@ impl TestEnv {
             ),
             ("ORDERFLOW_HTTP_BIND".into(), "127.0.0.1:0".into()),
             ("ORDERFLOW_OUTBOX_POLL_INTERVAL_MS".into(), "200".into()),
+            ("ORDERFLOW_RATE_LIMIT_ENABLED".into(), "false".into()),
+            (
+                "ORDERFLOW_CACHE_KEY_PREFIX".into(),
+                c.cache.key_prefix.clone(),
+            ),
             (
                 "ORDERFLOW_REDIS_URL".into(),
                 c.redis.url.expose().to_owned(),

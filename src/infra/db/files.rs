@@ -192,7 +192,10 @@ fn user_file(r: &sqlx::postgres::PgRow) -> Result<UserFile, sqlx::Error> {
 }
 
 /// Records an uploaded file (after its object is stored).
-pub async fn insert_user_file(pool: &PgPool, f: &UserFile) -> Result<UserFile, DbError> {
+pub async fn insert_user_file(
+    conn: &mut sqlx::PgConnection,
+    f: &UserFile,
+) -> Result<UserFile, DbError> {
     let row = sqlx::query(
         "INSERT INTO files.user_files
            (id, owner, file_name, content_type, size_bytes, sha256, bucket, object_key, multipart)
@@ -209,7 +212,7 @@ pub async fn insert_user_file(pool: &PgPool, f: &UserFile) -> Result<UserFile, D
     .bind(&f.bucket)
     .bind(&f.object_key)
     .bind(f.multipart)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(user_file(&row)?)
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool, migrations, and one repository module per service schema.
 
 pub mod files;
+pub mod idempotency;
 pub mod inventory;
 pub mod messaging;
 pub mod notifications;

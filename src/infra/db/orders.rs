@@ -55,6 +55,7 @@ pub async fn insert_order(
     now: DateTime<Utc>,
     trace_id: &str,
     message: OutboxMessage<'_>,
+    idempotency_key: Option<&super::idempotency::KeyRef>,
 ) -> Result<OrderRecord, DbError> {
     let skus: Vec<String> = order.lines.iter().map(|l| l.sku.to_string()).collect();
     let quantities: Vec<i32> = order
@@ -62,40 +63,51 @@ pub async fn insert_order(
         .iter()
         .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
         .collect();
-    let write = Arc::new(IntakeWrite {
-        id: id.as_uuid(),
+    let record = OrderRecord {
+        order_id: id.as_uuid(),
         customer_id: order.customer_id.to_string(),
         currency: order.currency.code().to_owned(),
+        status: OrderStatus::Pending,
+        cancel_reason: None,
+        lines: skus
+            .iter()
+            .zip(&quantities)
+            .map(|(sku, quantity)| LineRecord {
+                sku: sku.clone(),
+                quantity: *quantity,
+            })
+            .collect(),
+        created_at: now,
+        updated_at: now,
+    };
+    // The response an idempotency key will answer again, committed with the order.
+    let finish = idempotency_key.map(|key| {
+        let response = super::idempotency::Stored {
+            status: 201,
+            location: Some(format!("/v1/orders/{id}")),
+            body: serde_json::to_vec(&record).unwrap_or_default(),
+        };
+        (key.clone(), response)
+    });
+    let write = Arc::new(IntakeWrite {
+        id: id.as_uuid(),
+        customer_id: record.customer_id.clone(),
+        currency: record.currency.clone(),
         trace_id: trace_id.to_owned(),
         card_token: order.card_token.clone(),
         now,
         skus,
         quantities,
         outbox: OutboxColumns::new(std::slice::from_ref(&message)),
+        finish,
     });
-    let job = write.clone();
     writer
         .run(move |conn| {
-            let w = job.clone();
+            let w = write.clone();
             Box::pin(async move { w.execute(conn).await })
         })
         .await?;
-    let write = Arc::try_unwrap(write).unwrap_or_else(|shared| IntakeWrite::clone(&shared));
-    Ok(OrderRecord {
-        order_id: write.id,
-        customer_id: write.customer_id,
-        currency: write.currency,
-        status: OrderStatus::Pending,
-        cancel_reason: None,
-        lines: write
-            .skus
-            .into_iter()
-            .zip(write.quantities)
-            .map(|(sku, quantity)| LineRecord { sku, quantity })
-            .collect(),
-        created_at: now,
-        updated_at: now,
-    })
+    Ok(record)
 }
 
 /// An order intake's bind parameters.
@@ -110,10 +122,13 @@ struct IntakeWrite {
     skus: Vec<String>,
     quantities: Vec<i32>,
     outbox: OutboxColumns,
+    /// The idempotency key to store the response under, with that response.
+    finish: Option<(super::idempotency::KeyRef, super::idempotency::Stored)>,
 }
 
 impl IntakeWrite {
-    /// One statement: the order, its lines and its outbox row.
+    /// One statement: the order, its lines and its outbox row (and a second one for the
+    /// idempotency key's response).
     async fn execute(&self, conn: &mut PgConnection) -> Result<(), DbError> {
         let o = &self.outbox;
         note_outbox(&o.ids);
@@ -146,8 +161,11 @@ impl IntakeWrite {
         .bind(&o.kinds)
         .bind(&o.payloads)
         .bind(&o.headers)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+        if let Some((key, response)) = &self.finish {
+            super::idempotency::finish_on(conn, key, response).await?;
+        }
         Ok(())
     }
 }
