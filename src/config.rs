@@ -317,6 +317,8 @@ pub struct HttpConfig {
     pub max_page_size: u32,
     /// Time a readiness probe waits for each dependency.
     pub ready_timeout_ms: u64,
+    /// The docs page's assets (`scripts/docs-assets` puts swagger-ui-dist there).
+    pub docs_dir: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -564,6 +566,10 @@ impl Default for HttpConfig {
             default_page_size: 50,
             max_page_size: 500,
             ready_timeout_ms: 2_000,
+            docs_dir: match std::env::var("HOME") {
+                Ok(home) if !home.is_empty() => format!("{home}/.cache/orderflow/docs/swagger-ui"),
+                _ => ".orderflow/docs/swagger-ui".into(),
+            },
         }
     }
 }
@@ -894,6 +900,7 @@ impl Config {
             "ORDERFLOW_RATE_LIMIT_ON_REDIS_ERROR",
             &mut self.rate_limit.on_redis_error,
         )?;
+        env.string("ORDERFLOW_HTTP_DOCS_DIR", &mut self.http.docs_dir);
         env.parse("ORDERFLOW_CACHE_ENABLED", &mut self.cache.enabled)?;
         env.parse("ORDERFLOW_CACHE_TTL_SECS", &mut self.cache.ttl_secs)?;
         env.string("ORDERFLOW_CACHE_KEY_PREFIX", &mut self.cache.key_prefix);

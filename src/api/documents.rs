@@ -8,16 +8,24 @@ use warp::http::{StatusCode, header};
 use warp::{Filter, Rejection};
 
 use super::guard::{owned_order, require};
-use super::problem::ApiError;
+use super::problem::{ApiError, Problem};
 use super::{ApiContext, with_ctx};
 use crate::actors::files::handler::{INVOICE, RECEIPT};
 use crate::auth::{Principal, scopes};
 use crate::infra::db::files as repo;
 use crate::infra::s3;
 
+/// The documents an order can have (the `{kind}` of the document routes).
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum DocumentKind {
+    Invoice,
+    Receipt,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DocumentQuery {
+pub(crate) struct DocumentQuery {
     /// Present (any value, or none): answer with the bytes instead of a redirect.
     inline: Option<String>,
 }
@@ -40,7 +48,22 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .boxed()
 }
 
-async fn get_document(
+/// The order's invoice (after CONFIRMED) or receipt (after the card payment): a redirect to a
+/// short-lived presigned S3 link, or the PDF itself with `?inline`.
+#[utoipa::path(get, path = "/v1/orders/{order_id}/{kind}", tag = "documents",
+    params(
+        ("order_id" = Uuid, Path, description = "The order id"),
+        ("kind" = DocumentKind, Path, description = "invoice or receipt"),
+        ("inline" = Option<String>, Query, description = "Present: answer with the PDF bytes"),
+    ),
+    responses(
+        (status = 303, description = "Redirect to a presigned link", headers(("Location" = String, description = "The presigned S3 URL"))),
+        (status = 200, description = "The PDF (with ?inline)", content_type = "application/pdf", body = Vec<u8>),
+        (status = 400, description = "invalid_order_id, invalid_query", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "order_not_found, invoice_not_found, receipt_not_found", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
+pub(crate) async fn get_document(
     (id, kind): (String, &'static str),
     principal: Principal,
     query: DocumentQuery,

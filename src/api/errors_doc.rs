@@ -1,5 +1,54 @@
 //! The text behind each problem `type` (`/problems/{code}`); docs/api/errors.md lists the same.
 
+/// Every problem code the API answers with.
+pub const CODES: &[&str] = &[
+    "malformed_json",
+    "unknown_field",
+    "missing_field",
+    "invalid_field_type",
+    "invalid_customer_id",
+    "unknown_currency",
+    "no_order_lines",
+    "too_many_order_lines",
+    "invalid_sku",
+    "invalid_quantity",
+    "duplicate_sku",
+    "invalid_card_token",
+    "unsupported_media_type",
+    "body_too_large",
+    "length_required",
+    "invalid_order_id",
+    "order_not_found",
+    "invalid_cursor",
+    "invalid_query",
+    "route_not_found",
+    "method_not_allowed",
+    "websocket_upgrade_required",
+    "unknown_problem_type",
+    "invalid_product",
+    "product_exists",
+    "product_not_found",
+    "stock_below_reserved",
+    "invoice_not_found",
+    "receipt_not_found",
+    "invalid_email",
+    "missing_token",
+    "invalid_token",
+    "insufficient_scope",
+    "invalid_idempotency_key",
+    "idempotency_key_reused",
+    "idempotency_key_in_use",
+    "rate_limited",
+    "customer_mismatch",
+    "unsupported_file_type",
+    "invalid_file_name",
+    "invalid_file_id",
+    "file_not_found",
+    "payment_not_found",
+    "order_not_cancellable",
+    "service_unavailable",
+];
+
 pub fn lookup(code: &str) -> Option<&'static str> {
     Some(match code {
         "malformed_json" => "The request body is not syntactically valid JSON.",
@@ -28,7 +77,12 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "invalid_cursor" => "Pass back the next_cursor value of a previous page unchanged.",
         "invalid_query" => "A query parameter is unknown or has an invalid value.",
         "route_not_found" => "No route matches this path.",
-        "method_not_allowed" => "The route exists but not with this HTTP method.",
+        "method_not_allowed" => {
+            "The route exists but not with this HTTP method; the Allow header lists the methods it takes."
+        }
+        "websocket_upgrade_required" => {
+            "GET /v1/orders/{id}/events is a websocket: send the request with Connection: Upgrade and Upgrade: websocket."
+        }
         "unknown_problem_type" => "There is no problem type with this code.",
         "invalid_product" => {
             "A product field is out of range: name 1-200 characters, unit_price_minor 0 to 10^12, an accepted currency, on_hand 0 to 10^9."

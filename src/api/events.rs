@@ -12,7 +12,7 @@ use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::{Filter, Rejection, Reply};
 
 use super::guard::{owned_order, require};
-use super::problem::ApiError;
+use super::problem::{ApiError, Problem};
 use super::{ApiContext, with_ctx};
 use crate::actors::hub::{HubMsg, SUBSCRIBER_BUFFER, StatusEvent};
 use crate::auth::{Principal, scopes};
@@ -24,7 +24,10 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
     warp::path!("v1" / "orders" / String / "events")
         .and(warp::get())
         .and(require(&ctx, scopes::ORDERS_READ))
-        .and(warp::ws())
+        // A request that is not a websocket upgrade is told so (426), not a 5xx.
+        .and(warp::ws().or_else(|_| async {
+            Err::<(Ws,), _>(warp::reject::custom(ApiError::UpgradeRequired))
+        }))
         .and(with_ctx(ctx))
         .and_then(upgrade)
         .boxed()
@@ -34,7 +37,18 @@ fn hub(ctx: &ApiContext) -> Option<ActorRef<HubMsg>> {
     ActorRef::<HubMsg>::where_is(format!("{}/status-hub", ctx.instance))
 }
 
-async fn upgrade(
+/// A websocket of the order's status: the current state, then every saga event as JSON text
+/// messages; closed after the terminal one.
+#[utoipa::path(get, path = "/v1/orders/{order_id}/events", tag = "orders",
+    params(("order_id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 101, description = "Switching to the websocket protocol"),
+        (status = 426, description = "websocket_upgrade_required: not a websocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "invalid_order_id (or not a websocket upgrade)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "order_not_found", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
+pub(crate) async fn upgrade(
     id: String,
     principal: Principal,
     ws: Ws,

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod health;
 pub mod idempotency;
 pub mod notifications;
+pub mod openapi;
 pub mod orders;
 pub mod payments;
 pub mod problem;
@@ -69,6 +70,8 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .or(problems)
         .unify()
         .or(guard::jwks_route(ctx.clone()))
+        .unify()
+        .or(openapi::route(&ctx.config.http.docs_dir))
         .unify();
     let all = if ctx.serve_v1 {
         base.or(orders::routes(ctx.clone()))
@@ -91,9 +94,48 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
     };
     all.recover(problem::recover)
         .unify()
+        .with(warp::wrap_fn(with_allow_header))
         .with(warp::log::custom(record_metrics))
         .map(warp::Reply::into_response)
         .boxed()
+}
+
+/// Adds `Allow` to a 405 (RFC 9110 §15.5.6): the methods the request's route takes.
+fn with_allow_header<F>(
+    filter: F,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone
+where
+    F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    warp::path::full().and(filter).map(
+        |path: warp::path::FullPath, mut resp: warp::reply::Response| {
+            if resp.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
+                && let Some(allow) = allowed_methods(route_label(path.as_str()))
+            {
+                resp.headers_mut().insert(
+                    warp::http::header::ALLOW,
+                    warp::http::HeaderValue::from_static(allow),
+                );
+            }
+            resp
+        },
+    )
+}
+
+/// The methods each route takes.
+fn allowed_methods(route: &str) -> Option<&'static str> {
+    Some(match route {
+        "/v1/orders" | "/v1/files" | "/v1/products" => "GET, POST",
+        "/v1/orders/{id}/cancel" => "POST",
+        "/v1/files/{id}" => "GET, DELETE",
+        "/v1/products/{sku}" => "GET, PUT",
+        "other" => return None,
+        _ => "GET",
+    })
 }
 
 fn record_metrics(info: warp::log::Info<'_>) {
@@ -126,6 +168,9 @@ pub(crate) fn route_label(path: &str) -> &'static str {
         ["metrics"] => "/metrics",
         ["problems", _] => "/problems/{code}",
         [".well-known", "jwks.json"] => "/.well-known/jwks.json",
+        ["openapi.json"] => "/openapi.json",
+        ["docs"] => "/docs",
+        ["docs", _] => "/docs/{asset}",
         _ => "other",
     }
 }

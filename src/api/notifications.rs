@@ -5,10 +5,11 @@
 use warp::{Filter, Rejection, Reply};
 
 use super::guard::{owned_order, require};
-use super::problem::ApiError;
+use super::problem::{ApiError, Problem};
 use super::{ApiContext, with_ctx};
 use crate::auth::{Principal, scopes};
 use crate::infra::db::notifications as repo;
+use crate::infra::db::notifications::LogEntry;
 
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("v1" / "orders" / String / "notifications")
@@ -19,7 +20,16 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .boxed()
 }
 
-async fn list(
+/// The notification service's log of the order's mails.
+#[utoipa::path(get, path = "/v1/orders/{order_id}/notifications", tag = "orders",
+    params(("order_id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The mails, oldest first", body = NotificationList),
+        (status = 400, description = "invalid_order_id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "order_not_found", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
+pub(crate) async fn list(
     id: String,
     principal: Principal,
     ctx: ApiContext,
@@ -28,5 +38,16 @@ async fn list(
     let items = repo::for_order(&ctx.pool, uuid)
         .await
         .map_err(|e| warp::reject::custom(ApiError::Unavailable(e.to_string())))?;
-    Ok(warp::reply::json(&serde_json::json!({ "order_id": uuid, "items": items })).into_response())
+    Ok(warp::reply::json(&NotificationList {
+        order_id: uuid,
+        items,
+    })
+    .into_response())
+}
+
+/// An order's notifications, oldest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NotificationList {
+    pub order_id: uuid::Uuid,
+    pub items: Vec<LogEntry>,
 }

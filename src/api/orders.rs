@@ -12,7 +12,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::guard::{owned_order, require};
 use super::idempotency::{self, Begin};
-use super::problem::ApiError;
+use super::problem::{ApiError, Problem};
 use super::{ApiContext, cached_json, json_bytes, with_ctx};
 use crate::auth::{Principal, scopes};
 use crate::domain::envelope::{Envelope, OrderPlaced, topics};
@@ -79,7 +79,25 @@ fn is_json(content_type: Option<&str>) -> bool {
         .unwrap_or(false)
 }
 
-async fn place_order(
+/// Place an order. It is stored with its `OrderPlaced` message in one transaction and answered
+/// at once; the saga then reserves stock, takes the payment and ends CONFIRMED or CANCELLED.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrder,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key, 1-255 visible ASCII; the same key and body answer the first response again"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context to continue"),
+    ),
+    responses(
+        (status = 201, description = "Accepted (PENDING); `Idempotent-Replayed: true` on a replay", body = OrderRecord,
+            headers(("Location" = String, description = "/v1/orders/{order_id}"))),
+        (status = 400, description = "malformed_json, unknown_field, missing_field, invalid_field_type, invalid_idempotency_key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "customer_mismatch (or insufficient_scope)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "idempotency_key_in_use", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body_too_large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "unsupported_media_type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_customer_id, unknown_currency, no_order_lines, too_many_order_lines, invalid_sku, invalid_quantity, duplicate_sku, invalid_card_token, invalid_email, idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:write"])))]
+pub(crate) async fn place_order(
     principal: Principal,
     ctx: ApiContext,
     idempotency_key: Option<String>,
@@ -157,7 +175,16 @@ async fn place_order(
     Ok(warp::reply::with_header(reply, "traceparent", trace.to_header()).into_response())
 }
 
-async fn get_order(
+/// One order with its lines and links to its documents (from the read cache when present).
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
+    params(("order_id" = Uuid, Path, description = "The order id POST /v1/orders returned")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "invalid_order_id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "order_not_found (also for another customer's order)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
+pub(crate) async fn get_order(
     id: String,
     principal: Principal,
     ctx: ApiContext,
@@ -193,29 +220,67 @@ async fn load_order(ctx: &ApiContext, uuid: Uuid) -> Result<Option<Vec<u8>>, Rej
         return Ok(None);
     };
     // The documents the file service stored for it (invoice, receipt), as links.
-    let documents: Vec<serde_json::Value> = crate::infra::db::files::documents_of(&ctx.pool, uuid)
+    let documents = crate::infra::db::files::documents_of(&ctx.pool, uuid)
         .await
         .map_err(unavailable)?
         .into_iter()
-        .map(|d| {
-            serde_json::json!({
-                "kind": d.kind,
-                "href": format!("/v1/orders/{uuid}/{}", d.kind),
-                "size_bytes": d.size_bytes,
-                "sha256": d.sha256,
-            })
+        .map(|d| DocumentLink {
+            href: format!("/v1/orders/{uuid}/{}", d.kind),
+            kind: d.kind,
+            size_bytes: d.size_bytes,
+            sha256: d.sha256,
         })
         .collect();
-    let mut body = serde_json::to_value(&order).map_err(unavailable)?;
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("documents".into(), documents.into());
-    }
-    serde_json::to_vec(&body).map(Some).map_err(unavailable)
+    serde_json::to_vec(&OrderView { order, documents })
+        .map(Some)
+        .map_err(unavailable)
+}
+
+/// An order as `GET /v1/orders/{order_id}` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderView {
+    #[serde(flatten)]
+    pub order: OrderRecord,
+    /// The invoice and receipt the file service stored, once they exist.
+    pub documents: Vec<DocumentLink>,
+}
+
+/// A link to one of an order's documents.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DocumentLink {
+    /// `invoice` or `receipt`.
+    pub kind: String,
+    /// Where to get it (a redirect to a presigned link).
+    pub href: String,
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the PDF (also the S3 checksum).
+    pub sha256: String,
+}
+
+/// The answer of `POST /v1/orders/{order_id}/cancel`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CancelAccepted {
+    pub order_id: Uuid,
+    /// The order's status when the request was recorded.
+    pub status: OrderStatus,
+    /// Always `requested`.
+    pub cancel: &'static str,
 }
 
 /// `POST /v1/orders/{id}/cancel`: asks the order's saga to cancel. `202 Accepted`: the saga
 /// compensates what was done and the order ends CANCELLED — unless it confirmed first.
-async fn cancel_order(
+/// Ask the order's saga to cancel: it compensates what was done and the order ends CANCELLED,
+/// unless it confirmed first.
+#[utoipa::path(post, path = "/v1/orders/{order_id}/cancel", tag = "orders",
+    params(("order_id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 202, description = "Cancellation requested", body = CancelAccepted),
+        (status = 400, description = "invalid_order_id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "order_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "order_not_cancellable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:write"])))]
+pub(crate) async fn cancel_order(
     id: String,
     principal: Principal,
     ctx: ApiContext,
@@ -237,8 +302,11 @@ async fn cancel_order(
     {
         Ok(status) => {
             tracing::info!(order_id = %uuid, "cancel requested");
-            let body =
-                serde_json::json!({"order_id": uuid, "status": status, "cancel": "requested"});
+            let body = CancelAccepted {
+                order_id: uuid,
+                status,
+                cancel: "requested",
+            };
             Ok(
                 warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED)
                     .into_response(),
@@ -252,8 +320,9 @@ async fn cancel_order(
     }
 }
 
-#[derive(Debug, Serialize)]
-struct OrderPage {
+/// A page of orders, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderPage {
     items: Vec<OrderRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
@@ -320,7 +389,20 @@ fn parse_filter(
     Ok(filter)
 }
 
-async fn list_orders(
+/// The caller's orders, newest first (every customer's with `orders:admin`).
+#[utoipa::path(get, path = "/v1/orders", tag = "orders",
+    params(
+        ("status" = Option<OrderStatus>, Query, description = "Only orders in this state"),
+        ("customer_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:@-]{1,64}$", description = "Only this customer's orders (customers see only their own)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, at most http.max_page_size (500 by default)"),
+        ("cursor" = Option<String>, Query, pattern = "^c1[0-9a-f]{32}$", description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "invalid_query, invalid_cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"])))]
+pub(crate) async fn list_orders(
     principal: Principal,
     ctx: ApiContext,
     query: HashMap<String, String>,

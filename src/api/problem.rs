@@ -38,6 +38,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("this route is a websocket: send an Upgrade: websocket request")]
+    UpgradeRequired,
     #[error("no problem type {0:?}")]
     UnknownProblem(String),
     #[error("{0}")]
@@ -121,6 +123,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UpgradeRequired => "websocket_upgrade_required",
             ApiError::UnknownProblem(_) => "unknown_problem_type",
             ApiError::InvalidProduct(_) => "invalid_product",
             ApiError::ProductExists(_) => "product_exists",
@@ -179,6 +182,7 @@ impl ApiError {
             | ApiError::RouteNotFound
             | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope(_) | ApiError::CustomerMismatch(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -213,13 +217,18 @@ impl ApiError {
 }
 
 /// The RFC 9457 body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "/problems/invalid_quantity", "title": "Invalid request",
+    "status": 422, "detail": "line 0: quantity must be a whole number from 1 to 1000",
+    "code": "invalid_quantity"}))]
 pub struct Problem {
+    /// `/problems/{code}`, which describes the code.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
+    /// Stable and machine-readable; every code is listed in `x-problem-codes` of this document.
     pub code: &'static str,
 }
 
@@ -291,6 +300,12 @@ pub async fn recover(
     } = &error
     {
         rate_limit_headers(resp.headers_mut(), *retry_after, *burst, *window_secs);
+    }
+    if let ApiError::UpgradeRequired = &error {
+        resp.headers_mut().insert(
+            warp::http::header::UPGRADE,
+            warp::http::HeaderValue::from_static("websocket"),
+        );
     }
     if let ApiError::IdempotencyKeyInUse = &error {
         resp.headers_mut().insert(
@@ -421,6 +436,7 @@ mod tests {
             ApiError::InvalidQuery(String::new()),
             ApiError::RouteNotFound,
             ApiError::MethodNotAllowed,
+            ApiError::UpgradeRequired,
             ApiError::UnknownProblem(String::new()),
             ApiError::Unavailable(String::new()),
             ApiError::InvalidProduct(String::new()),
@@ -454,6 +470,14 @@ mod tests {
                 "{} undocumented",
                 e.code()
             );
+            assert!(
+                crate::api::errors_doc::CODES.contains(&e.code()),
+                "{} missing from CODES",
+                e.code()
+            );
+        }
+        for code in crate::api::errors_doc::CODES {
+            assert!(crate::api::errors_doc::lookup(code).is_some(), "{code}");
         }
     }
 }

@@ -9,7 +9,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::guard::allow;
-use super::problem::ApiError;
+use super::problem::{ApiError, Problem};
 use super::{ApiContext, cached_json, json_bytes, with_ctx};
 use crate::auth::scopes;
 use crate::domain::ids::Sku;
@@ -58,20 +58,72 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .boxed()
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/products`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateProduct {
+#[schema(example = json!({"sku": "BOOK-RUST", "name": "The Book", "unit_price_minor": 3990,
+    "currency": "EUR", "on_hand": 10}))]
+pub struct CreateProduct {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
     sku: String,
-    #[serde(flatten)]
-    fields: ProductBody,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProductBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
+    /// The price in minor units of the currency (cents).
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     unit_price_minor: i64,
     currency: String,
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    on_hand: i64,
+}
+
+impl CreateProduct {
+    fn into_parts(self) -> (String, ProductBody) {
+        let body = ProductBody {
+            name: self.name,
+            unit_price_minor: self.unit_price_minor,
+            currency: self.currency,
+            on_hand: self.on_hand,
+        };
+        (self.sku, body)
+    }
+}
+
+/// A whole number, also when written with a zero fraction (`62.0` is an integer in JSON
+/// Schema, so a client may send it).
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() <= 9.0e15)
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number")))
+}
+
+/// A product's writable fields (the body of `PUT /v1/products/{sku}`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    name: String,
+    /// The price in minor units of the currency (cents).
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    unit_price_minor: i64,
+    currency: String,
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     on_hand: i64,
 }
 
@@ -105,8 +157,10 @@ fn parse_sku(sku: &str) -> Result<Sku, Rejection> {
 fn validate(body: &ProductBody) -> Result<ProductFields<'_>, Rejection> {
     let bad = |m: String| reject(ApiError::InvalidProduct(m));
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(bad("name must be 1-200 characters".into()));
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(bad(
+            "name must be 1-200 characters without control characters".into(),
+        ));
     }
     if !(0..=MAX_PRICE_MINOR).contains(&body.unit_price_minor) {
         return Err(bad(format!(
@@ -141,14 +195,25 @@ fn catalog_error(e: CatalogError) -> Rejection {
     }
 }
 
-async fn create(
+/// Add a product to the catalogue.
+#[utoipa::path(post, path = "/v1/products", tag = "catalogue", request_body = CreateProduct,
+    responses(
+        (status = 201, description = "Created", body = Product, headers(("Location" = String, description = "/v1/products/{sku}"))),
+        (status = 400, description = "malformed_json, unknown_field, missing_field, invalid_field_type", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "product_exists", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "unsupported_media_type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_product", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["catalog:admin"])))]
+pub(crate) async fn create(
     ctx: ApiContext,
     content_type: Option<String>,
     body: Bytes,
 ) -> Result<warp::reply::Response, Rejection> {
     let request: CreateProduct = parse_body(content_type.as_deref(), &body)?;
-    let sku = parse_sku(&request.sku)?;
-    let fields = validate(&request.fields)?;
+    let (sku, body) = request.into_parts();
+    let sku = parse_sku(&sku)?;
+    let fields = validate(&body)?;
     let product = repo::create_product(&ctx.pool, sku.as_str(), &fields)
         .await
         .map_err(catalog_error)?;
@@ -161,7 +226,19 @@ async fn create(
     )
 }
 
-async fn replace(
+/// Replace a product's name, price and stock on hand.
+#[utoipa::path(put, path = "/v1/products/{sku}", tag = "catalogue", request_body = ProductBody,
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The product's sku")),
+    responses(
+        (status = 200, description = "Updated", body = Product),
+        (status = 400, description = "malformed_json, unknown_field, missing_field, invalid_field_type", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "product_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "stock_below_reserved", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "unsupported_media_type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_product", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["catalog:admin"])))]
+pub(crate) async fn replace(
     sku: String,
     ctx: ApiContext,
     content_type: Option<String>,
@@ -196,7 +273,16 @@ async fn invalidate_product(ctx: &ApiContext, sku: &str) {
     }
 }
 
-async fn get(sku: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
+/// One product with its stock (from the read cache when present).
+#[utoipa::path(get, path = "/v1/products/{sku}", tag = "catalogue",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The product's sku")),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 404, description = "product_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_product (a malformed sku)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["catalog:read"])))]
+pub(crate) async fn get(sku: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
     let sku = parse_sku(&sku)?;
     let body = cached_json(
         &ctx,
@@ -221,8 +307,9 @@ async fn get(sku: String, ctx: ApiContext) -> Result<warp::reply::Response, Reje
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ProductPage {
+/// A page of the catalogue.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProductPage {
     items: Vec<Product>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
@@ -253,7 +340,18 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .ok_or(ApiError::InvalidCursor)
 }
 
-async fn list(
+/// The catalogue in sku order.
+#[utoipa::path(get, path = "/v1/products", tag = "catalogue",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, at most http.max_page_size (500 by default)"),
+        ("cursor" = Option<String>, Query, pattern = "^p1(2[de]|3[0-9]|4[1-9a-f]|5[0-9af]|6[1-9a-f]|7[0-9a]){1,64}$", description = "next_cursor of the previous page (an sku, hex-encoded)"),
+    ),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 400, description = "invalid_query, invalid_cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["catalog:read"])))]
+pub(crate) async fn list(
     ctx: ApiContext,
     query: HashMap<String, String>,
 ) -> Result<warp::reply::Response, Rejection> {

@@ -15,7 +15,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::guard::require;
 use super::idempotency::{self, Begin};
-use super::problem::ApiError;
+use super::problem::{ApiError, Problem};
 use super::{ApiContext, with_ctx};
 use crate::auth::{Principal, scopes};
 use crate::domain::sniff;
@@ -25,7 +25,7 @@ use crate::infra::s3;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UploadQuery {
+pub(crate) struct UploadQuery {
     name: String,
 }
 
@@ -83,7 +83,25 @@ fn valid_name(name: &str) -> bool {
             .any(|c| c.is_control() || c == '/' || c == '\\')
 }
 
-async fn upload<S, B>(
+/// Upload a file (the body is the file): its type must be allowed and confirmed by its bytes.
+#[utoipa::path(post, path = "/v1/files", tag = "files",
+    request_body(description = "The file's bytes",
+        content((Binary = "application/pdf"), (Binary = "image/png"), (Binary = "image/jpeg"),
+            (Text = "text/plain"))),
+    params(
+        ("name" = String, Query, pattern = "^[^/\\\\\\u0000-\\u001f\\u007f-\\u009f]{1,255}$", description = "The file name, 1-255 characters without slashes or control characters"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key; the same key, name, type and bytes answer the first response again"),
+    ),
+    responses(
+        (status = 201, description = "Stored", body = UserFile, headers(("Location" = String, description = "/v1/files/{id}"))),
+        (status = 400, description = "invalid_query, invalid_idempotency_key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "idempotency_key_in_use", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body_too_large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "unsupported_file_type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_file_name, idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["files:write"])))]
+pub(crate) async fn upload<S, B>(
     owner: String,
     idempotency_key: Option<String>,
     query: UploadQuery,
@@ -193,7 +211,11 @@ async fn store(
     let key = format!("uploads/{id}");
     let part = usize::try_from(ctx.config.files.multipart_part_bytes).unwrap_or(usize::MAX);
     let multipart = bytes.len() > part;
-    let metadata = [("owner", owner.clone()), ("file-name", name.clone())];
+    // S3 metadata travels in headers (and in the request signature): ASCII only.
+    let metadata = [
+        ("owner", percent_encode(&owner)),
+        ("file-name", percent_encode(&name)),
+    ];
     let bucket = ctx.config.s3.bucket.clone();
     let stored = if multipart {
         ctx.s3_breaker
@@ -272,18 +294,34 @@ where
     }
 }
 
-async fn list(owner: String, ctx: ApiContext) -> Result<warp::reply::Response, Rejection> {
+/// The caller's files, newest first (at most 100).
+#[utoipa::path(get, path = "/v1/files", tag = "files",
+    responses((status = 200, description = "The files", body = FileList)),
+    security(("bearer" = ["files:read"])))]
+pub(crate) async fn list(
+    owner: String,
+    ctx: ApiContext,
+) -> Result<warp::reply::Response, Rejection> {
     let items = repo::user_files(&ctx.pool, &owner, 100)
         .await
         .map_err(|e| unavailable(&e))?;
-    Ok(warp::reply::json(&serde_json::json!({ "items": items })).into_response())
+    Ok(warp::reply::json(&FileList { items }).into_response())
 }
 
 fn file_id(id: &str) -> Result<Uuid, Rejection> {
     Uuid::try_parse(id).map_err(|_| warp::reject::custom(ApiError::InvalidFileId(id.to_owned())))
 }
 
-async fn download(
+/// A redirect to a short-lived presigned link of one of the caller's files.
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "files",
+    params(("id" = Uuid, Path, description = "The file id")),
+    responses(
+        (status = 303, description = "Redirect to a presigned link", headers(("Location" = String, description = "The presigned S3 URL"))),
+        (status = 400, description = "invalid_file_id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "file_not_found", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["files:read"])))]
+pub(crate) async fn download(
     id: String,
     owner: String,
     ctx: ApiContext,
@@ -296,7 +334,16 @@ async fn download(
     super::documents::presigned_redirect(&ctx, &file.bucket, &file.object_key).await
 }
 
-async fn remove(
+/// Delete one of the caller's files (the record and the object).
+#[utoipa::path(delete, path = "/v1/files/{id}", tag = "files",
+    params(("id" = Uuid, Path, description = "The file id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "invalid_file_id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "file_not_found", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["files:write"])))]
+pub(crate) async fn remove(
     id: String,
     owner: String,
     ctx: ApiContext,
@@ -316,4 +363,34 @@ async fn remove(
         tracing::warn!(file_id = %file.id, error = %e, "the object stays behind; its record is deleted");
     }
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}
+
+/// A file's bytes, as the request body of an upload (an empty file is not one of the allowed
+/// types).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary, min_length = 1)]
+pub struct Binary(pub Vec<u8>);
+
+/// Non-empty UTF-8 text without control characters other than tab and line breaks.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, min_length = 1, pattern = "^[^\\u0000-\\u0008\\u000b\\u000e-\\u001f\\u007f-\\u009f]+$")]
+pub struct Text(pub String);
+
+/// `%XX` for every byte outside letters, digits and ` ._-` (metadata headers are ASCII).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b' ' | b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The caller's files, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct FileList {
+    pub items: Vec<UserFile>,
 }

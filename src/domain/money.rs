@@ -38,6 +38,11 @@ pub struct Currency {
 }
 
 impl Currency {
+    /// Every accepted code.
+    pub fn codes() -> impl Iterator<Item = &'static str> {
+        ACCEPTED.iter().map(|(code, _)| *code)
+    }
+
     pub fn parse(code: &str) -> Option<Self> {
         ACCEPTED
             .iter()

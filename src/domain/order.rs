@@ -15,24 +15,41 @@ pub const MAX_QUANTITY: i64 = 1_000;
 /// The body of `POST /v1/orders` as it arrives. Fields stay loose (`serde_json::Number` for the
 /// quantity) so that every kind of bad value gets its own error code from [`PlaceOrder::validate`]
 /// instead of a generic deserialization failure.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"customer_id": "c-1", "currency": "EUR", "card_token": "tok_visa",
+    "email": "c-1@example.com", "lines": [{"sku": "BOOK-RUST", "quantity": 2}]}))]
 pub struct PlaceOrder {
+    /// The customer: must be the token's subject unless the token has `orders:admin`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:@-]+$")]
     pub customer_id: String,
+    /// An accepted ISO 4217 code (EUR, USD, GBP, JPY, ...; `unknown_currency` otherwise).
+    #[schema(example = "EUR")]
     pub currency: String,
+    /// 1 to 100 lines, each sku at most once.
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<PlaceOrderLine>,
     /// The payment card's token; `tok_visa` when absent (see the payment provider's rules).
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_]{1,64}$", example = "tok_visa")]
     pub card_token: Option<String>,
     /// Where the customer's notifications go; none are mailed when absent.
     #[serde(default)]
+    #[schema(max_length = 254, example = "c-1@example.com")]
     pub email: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderLine {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._-]+$",
+        example = "BOOK-RUST"
+    )]
     pub sku: String,
+    #[schema(value_type = i64, minimum = 1, maximum = 1000, example = 2)]
     pub quantity: serde_json::Number,
 }
 
@@ -127,9 +144,14 @@ impl PlaceOrder {
         let mut lines = Vec::with_capacity(self.lines.len());
         for (i, line) in self.lines.iter().enumerate() {
             let sku = Sku::parse(&line.sku).ok_or(OrderValidationError::InvalidSku { line: i })?;
+            // A zero fraction (2.0) is still a whole number, as JSON Schema's integer says.
             let quantity = line
                 .quantity
                 .as_i64()
+                .or_else(|| {
+                    let f = line.quantity.as_f64()?;
+                    (f.fract() == 0.0 && f.abs() <= 1e6).then_some(f as i64)
+                })
                 .filter(|q| (1..=MAX_QUANTITY).contains(q))
                 .and_then(|q| u32::try_from(q).ok())
                 .ok_or(OrderValidationError::InvalidQuantity { line: i })?;
@@ -169,7 +191,7 @@ impl PlaceOrder {
 }
 
 /// Where an order stands, as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Pending,
@@ -227,8 +249,8 @@ mod tests {
 
     #[test]
     fn a_good_order_validates() {
-        let order =
-            with_lines(r#"[{"sku":"A-1","quantity":2},{"sku":"B-2","quantity":1000}]"#).validate();
+        let order = with_lines(r#"[{"sku":"A-1","quantity":2.0},{"sku":"B-2","quantity":1000}]"#)
+            .validate();
         let order = order.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(order.lines.len(), 2);
         assert_eq!(order.lines[1].quantity, 1000);

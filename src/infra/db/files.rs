@@ -159,18 +159,21 @@ pub async fn document(
 }
 
 /// A file a user uploaded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserFile {
     pub id: Uuid,
     #[serde(skip)]
+    #[schema(ignore)]
     pub owner: String,
     pub file_name: String,
     pub content_type: String,
     pub size_bytes: i64,
     pub sha256: String,
     #[serde(skip)]
+    #[schema(ignore)]
     pub bucket: String,
     #[serde(skip)]
+    #[schema(ignore)]
     pub object_key: String,
     pub multipart: bool,
     pub created_at: DateTime<Utc>,

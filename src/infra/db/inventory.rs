@@ -17,7 +17,7 @@ use crate::domain::envelope::{
 };
 use crate::domain::ids::OrderId;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Product {
     pub sku: String,
     pub name: String,

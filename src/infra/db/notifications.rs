@@ -75,7 +75,7 @@ pub async fn known(
 }
 
 /// One notification as logged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
     pub event_id: Uuid,
     pub template: String,

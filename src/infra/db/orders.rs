@@ -18,7 +18,7 @@ use crate::domain::order::{NewOrder, OrderStatus};
 use crate::domain::saga::{SagaState, SagaStatus};
 
 /// An order as stored, with its lines.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrderRecord {
     pub order_id: Uuid,
     pub customer_id: String,
@@ -31,7 +31,7 @@ pub struct OrderRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LineRecord {
     pub sku: String,
     pub quantity: i32,

@@ -14,13 +14,15 @@ use super::writer::Writer;
 use crate::domain::envelope::{Payload, topics};
 use crate::domain::ids::OrderId;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PaymentRecord {
+    /// `AUTHORIZED`, `DECLINED` or `REFUNDED`.
     pub order_id: Uuid,
     pub status: String,
     pub amount_minor: i64,
     pub currency: String,
     #[serde(skip_serializing)]
+    #[schema(ignore)]
     pub card_token: String,
     pub provider_ref: Option<String>,
     pub decline_reason: Option<String>,

@@ -1,0 +1,80 @@
+//! The OpenAPI document and the docs page as the server serves them (the fuzz run of
+//! scripts/fuzz-api checks the server against the document).
+
+mod support;
+
+use orderflow::actors::Service;
+use support::TestEnv;
+
+#[tokio::test]
+async fn the_document_and_its_docs_page_are_served_without_a_token() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Api]).await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/orders"]["post"]["requestBody"].is_object());
+    assert_eq!(
+        doc["components"]["schemas"]["PlaceOrder"]["properties"]["currency"]["enum"][0],
+        "AUD"
+    );
+    let page = http
+        .get(app.url("/docs"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap_or_default();
+    assert!(html.contains("/openapi.json") && html.contains("/docs/swagger-ui-bundle.js"));
+    // The assets come from the npm package scripts/docs-assets installed (scripts/test runs it).
+    for (asset, kind) in [
+        ("swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui.css", "text/css"),
+    ] {
+        let resp = http
+            .get(app.url(&format!("/docs/{asset}")))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{asset}: run scripts/docs-assets"
+        );
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(ct.starts_with(kind), "{asset}: {ct}");
+        assert!(resp.bytes().await.map(|b| b.len()).unwrap_or(0) > 10_000);
+    }
+    // Nothing else is served from the assets directory.
+    let other = http
+        .get(app.url("/docs/..%2F..%2Fetc%2Fpasswd"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(other.status().as_u16(), 404);
+    // A 405 names the methods the route takes.
+    let resp = http
+        .delete(app.url("/v1/orders"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(
+        resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, POST")
+    );
+    drop(app);
+    env.cleanup().await;
+}
