@@ -319,6 +319,9 @@ pub struct HttpConfig {
     pub ready_timeout_ms: u64,
     /// The docs page's assets (`scripts/docs-assets` puts swagger-ui-dist there).
     pub docs_dir: String,
+    /// Origins (`https://shop.example.com`) whose browser pages may call the API (CORS);
+    /// empty: no cross-origin access.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -570,6 +573,7 @@ impl Default for HttpConfig {
                 Ok(home) if !home.is_empty() => format!("{home}/.cache/orderflow/docs/swagger-ui"),
                 _ => ".orderflow/docs/swagger-ui".into(),
             },
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -901,6 +905,14 @@ impl Config {
             &mut self.rate_limit.on_redis_error,
         )?;
         env.string("ORDERFLOW_HTTP_DOCS_DIR", &mut self.http.docs_dir);
+        if let Some(v) = lookup("ORDERFLOW_HTTP_CORS_ALLOWED_ORIGINS") {
+            self.http.cors_allowed_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         env.parse("ORDERFLOW_CACHE_ENABLED", &mut self.cache.enabled)?;
         env.parse("ORDERFLOW_CACHE_TTL_SECS", &mut self.cache.ttl_secs)?;
         env.string("ORDERFLOW_CACHE_KEY_PREFIX", &mut self.cache.key_prefix);
@@ -917,6 +929,16 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        for origin in &self.http.cors_allowed_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.trim_end_matches('/').contains(['*', ' '])
+                && origin.matches('/').count() == 2;
+            if !ok {
+                return bad(
+                    "http.cors_allowed_origins takes origins like https://shop.example.com (scheme, host, optional port; no path, no wildcard)",
+                );
+            }
+        }
         if self.auth.issuer.trim().is_empty() || self.auth.audience.trim().is_empty() {
             return bad("auth.issuer and auth.audience must not be empty");
         }

@@ -78,3 +78,48 @@ async fn the_document_and_its_docs_page_are_served_without_a_token() {
     drop(app);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn browsers_of_the_configured_origins_may_call_the_api_and_no_others() {
+    let mut env = TestEnv::new().await;
+    env.config.http.cors_allowed_origins = vec!["https://shop.example.com".into()];
+    let app = env.spawn(&[Service::Api]).await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, app.url("/v1/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, idempotency-key",
+            )
+            .send()
+    };
+    let ok = preflight("https://shop.example.com")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://shop.example.com")
+    );
+    let refused = preflight("https://evil.example.net")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status().as_u16(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap_or_default();
+    assert_eq!(body["code"], "cors_forbidden");
+    // An actual request from the allowed origin carries the header, and its errors too.
+    let resp = support::admin_client()
+        .get(app.url("/v1/orders"))
+        .header("origin", "https://shop.example.com")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers().contains_key("access-control-allow-origin"));
+    drop(app);
+    env.cleanup().await;
+}

@@ -24,6 +24,7 @@ pub const CODES: &[&str] = &[
     "route_not_found",
     "method_not_allowed",
     "websocket_upgrade_required",
+    "cors_forbidden",
     "unknown_problem_type",
     "invalid_product",
     "product_exists",
@@ -79,6 +80,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "route_not_found" => "No route matches this path.",
         "method_not_allowed" => {
             "The route exists but not with this HTTP method; the Allow header lists the methods it takes."
+        }
+        "cors_forbidden" => {
+            "A browser's cross-origin request from an origin, or with a method or header, that http.cors_allowed_origins does not allow."
         }
         "websocket_upgrade_required" => {
             "GET /v1/orders/{id}/events is a websocket: send the request with Connection: Upgrade and Upgrade: websocket."

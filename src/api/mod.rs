@@ -61,6 +61,7 @@ fn with_ctx(ctx: ApiContext) -> impl Filter<Extract = (ApiContext,), Error = Inf
 
 /// All routes, with problem+json errors and request metrics.
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let ctx_origins = ctx.config.http.cors_allowed_origins.clone();
     let ops = health::routes(ctx.clone());
     let problems = warp::path!("problems" / String)
         .and(warp::get())
@@ -91,6 +92,34 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
             .boxed()
     } else {
         base.boxed()
+    };
+    let origins = &ctx_origins;
+    let all = if origins.is_empty() {
+        all
+    } else {
+        // Browser pages of these origins may call the API with a bearer token (no cookies).
+        let cors = warp::cors()
+            .allow_origins(origins.iter().map(String::as_str))
+            .allow_methods(["GET", "POST", "PUT", "DELETE"])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "idempotency-key",
+                "traceparent",
+            ])
+            .expose_headers([
+                "location",
+                "retry-after",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset",
+                "ratelimit-policy",
+                "idempotent-replayed",
+                "traceparent",
+                "www-authenticate",
+            ])
+            .max_age(600);
+        all.with(cors).map(warp::Reply::into_response).boxed()
     };
     all.recover(problem::recover)
         .unify()

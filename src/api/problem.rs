@@ -40,6 +40,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("this route is a websocket: send an Upgrade: websocket request")]
     UpgradeRequired,
+    #[error("this cross-origin request is not allowed (http.cors_allowed_origins)")]
+    CorsForbidden,
     #[error("no problem type {0:?}")]
     UnknownProblem(String),
     #[error("{0}")]
@@ -124,6 +126,7 @@ impl ApiError {
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UpgradeRequired => "websocket_upgrade_required",
+            ApiError::CorsForbidden => "cors_forbidden",
             ApiError::UnknownProblem(_) => "unknown_problem_type",
             ApiError::InvalidProduct(_) => "invalid_product",
             ApiError::ProductExists(_) => "product_exists",
@@ -183,6 +186,7 @@ impl ApiError {
             | ApiError::UnknownProblem(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::CorsForbidden => StatusCode::FORBIDDEN,
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope(_) | ApiError::CustomerMismatch(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -277,6 +281,11 @@ pub async fn recover(
         ApiError::InvalidQuery(e.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
+    } else if rejection
+        .find::<warp::filters::cors::CorsForbidden>()
+        .is_some()
+    {
+        ApiError::CorsForbidden
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
         ApiError::InvalidQuery(e.to_string())
     } else {
@@ -437,6 +446,7 @@ mod tests {
             ApiError::RouteNotFound,
             ApiError::MethodNotAllowed,
             ApiError::UpgradeRequired,
+            ApiError::CorsForbidden,
             ApiError::UnknownProblem(String::new()),
             ApiError::Unavailable(String::new()),
             ApiError::InvalidProduct(String::new()),
