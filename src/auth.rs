@@ -560,15 +560,7 @@ impl Authenticator {
                 "" => self.discover(http, discovered).await?,
                 url => url.to_owned(),
             };
-            let set: JwkSet = http
-                .get(&url)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| format!("GET {url}: {e}"))?
-                .json()
-                .await
-                .map_err(|e| format!("JWKS at {url}: {e}"))?;
+            let set: JwkSet = get_json(http, &url, "JWKS").await?;
             Ok::<_, String>(KeySet::from_jwks(&set))
         }
         .await;
@@ -615,18 +607,26 @@ impl Authenticator {
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
-        let doc: Discovery = http
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("GET {url}: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("discovery document at {url}: {e}"))?;
+        let doc: Discovery = get_json(http, &url, "discovery document").await?;
         *cached = Some(doc.jwks_uri.clone());
         Ok(doc.jwks_uri)
     }
+}
+
+/// `GET url` as JSON; the error names `what` and the address.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+) -> Result<T, String> {
+    http.get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("GET {url}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("{what} at {url}: {e}"))
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
