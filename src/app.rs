@@ -199,6 +199,9 @@ impl App {
                 let mut every = tokio::time::interval(Duration::from_secs(600));
                 loop {
                     every.tick().await;
+                    if pool.is_closed() {
+                        return;
+                    }
                     match db::idempotency::purge_expired(&pool, 10_000).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(keys = n, "expired idempotency keys deleted"),

@@ -220,14 +220,38 @@ impl ServiceState {
                 tracing::warn!("a partition bridge did not drain in time");
             }
         }
-        let consumer = self.consumer.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
-                .await;
-        match committed {
-            Ok(Ok(())) => tracing::info!(service = self.args.name, "offsets committed"),
-            Ok(Err(e)) => tracing::debug!(error = %e, "nothing to commit on shutdown"),
-            Err(e) => tracing::warn!(error = %e, "offset commit task failed"),
+        // A commit can fail transiently (the group coordinator moving, a rebalance still
+        // settling): try a few times, so handled records are not redelivered after a clean
+        // stop (the inbox would absorb them, but the next process would redo the reads).
+        for attempt in 1..=5 {
+            let consumer = self.consumer.clone();
+            let committed = tokio::task::spawn_blocking(move || {
+                consumer.commit_consumer_state(CommitMode::Sync)
+            })
+            .await;
+            match committed {
+                Ok(Ok(())) => {
+                    tracing::info!(service = self.args.name, "offsets committed");
+                    break;
+                }
+                Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                ))) => {
+                    tracing::debug!(service = self.args.name, "nothing to commit on shutdown");
+                    break;
+                }
+                Ok(Err(e)) if attempt < 5 => {
+                    tracing::debug!(error = %e, attempt, "offset commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "offsets not committed on shutdown");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "offset commit task failed");
+                    break;
+                }
+            }
         }
         myself
             .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))

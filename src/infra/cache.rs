@@ -229,12 +229,16 @@ fn hashes_of(payload: &str, out: &mut Vec<String>) {
 }
 
 /// Listens to the triggers' notifications and invalidates in batches (what arrived within
-/// 5 ms, at most 500), until the runtime stops. Reconnects after losing PostgreSQL, flushing
-/// the cache because notifications may have been lost meanwhile.
+/// 5 ms, at most 500), until the process closes its pool. Reconnects after losing PostgreSQL,
+/// flushing the cache because notifications may have been lost meanwhile.
 pub fn spawn_invalidator(pg: PgPool, cache: std::sync::Arc<Cache>) {
     tokio::spawn(async move {
         loop {
-            if let Err(e) = listen(&pg, &cache).await {
+            let listened = listen(&pg, &cache).await;
+            if pg.is_closed() {
+                return;
+            }
+            if let Err(e) = listened {
                 tracing::warn!(error = %e, "cache invalidation listener lost; reconnecting");
             }
             match cache.flush().await {
