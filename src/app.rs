@@ -185,12 +185,10 @@ impl App {
             source,
         })?;
         let (http_stop, stop_rx) = oneshot::channel::<()>();
-        let server = warp::serve(api::routes(ctx))
-            .incoming(listener)
-            .graceful(async move {
-                let _ = stop_rx.await;
-            });
-        let http_task = tokio::spawn(server.run());
+        let routes = api::routes(ctx);
+        let http = config.http.clone();
+        let http_task =
+            tokio::spawn(async move { api::server::serve(listener, routes, &http, stop_rx).await });
         if services.contains(&Service::Api) {
             // Expired idempotency keys are deleted in the background (a request never waits
             // for it: an expired key is also claimable in place). Stops with the runtime.

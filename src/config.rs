@@ -322,6 +322,14 @@ pub struct HttpConfig {
     /// Origins (`https://shop.example.com`) whose browser pages may call the API (CORS);
     /// empty: no cross-origin access.
     pub cors_allowed_origins: Vec<String>,
+    /// How long a client may take to send a request's head (line and headers).
+    pub header_read_timeout_ms: u64,
+    /// The largest request head accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// The longest a response may take to start (503 `deadline_exceeded` after it), reading
+    /// the request body included (an upload must arrive within it); response bodies and
+    /// websockets stream without a deadline.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -574,6 +582,9 @@ impl Default for HttpConfig {
                 _ => ".orderflow/docs/swagger-ui".into(),
             },
             cors_allowed_origins: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            max_header_bytes: 32 * 1024,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -905,6 +916,18 @@ impl Config {
             &mut self.rate_limit.on_redis_error,
         )?;
         env.string("ORDERFLOW_HTTP_DOCS_DIR", &mut self.http.docs_dir);
+        env.parse(
+            "ORDERFLOW_HTTP_HEADER_READ_TIMEOUT_MS",
+            &mut self.http.header_read_timeout_ms,
+        )?;
+        env.parse(
+            "ORDERFLOW_HTTP_MAX_HEADER_BYTES",
+            &mut self.http.max_header_bytes,
+        )?;
+        env.parse(
+            "ORDERFLOW_HTTP_REQUEST_TIMEOUT_MS",
+            &mut self.http.request_timeout_ms,
+        )?;
         if let Some(v) = lookup("ORDERFLOW_HTTP_CORS_ALLOWED_ORIGINS") {
             self.http.cors_allowed_origins = v
                 .split(',')

@@ -123,3 +123,50 @@ async fn browsers_of_the_configured_origins_may_call_the_api_and_no_others() {
     drop(app);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_server_bounds_request_heads_and_response_deadlines() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = TestEnv::new().await;
+    env.config.http.header_read_timeout_ms = 500;
+    env.config.http.max_header_bytes = 16 * 1024;
+    let app = env.spawn(&[Service::Api]).await;
+    // A head larger than the limit: 431.
+    let resp = reqwest::Client::new()
+        .get(app.url("/health/live"))
+        .header("x-padding", "a".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 431);
+    // A client that never finishes its head is cut off after the header read timeout.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(closed.is_ok(), "a slow head kept its connection open");
+    drop(app);
+
+    // A response that cannot start within the deadline: 503 deadline_exceeded.
+    env.config.http.request_timeout_ms = 1;
+    let app = env.spawn(&[Service::Api]).await;
+    let resp = reqwest::Client::new()
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    assert_eq!(body["code"], "deadline_exceeded");
+    drop(app);
+    env.cleanup().await;
+}

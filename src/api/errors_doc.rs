@@ -25,6 +25,7 @@ pub const CODES: &[&str] = &[
     "method_not_allowed",
     "websocket_upgrade_required",
     "cors_forbidden",
+    "deadline_exceeded",
     "unknown_problem_type",
     "invalid_product",
     "product_exists",
@@ -80,6 +81,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "route_not_found" => "No route matches this path.",
         "method_not_allowed" => {
             "The route exists but not with this HTTP method; the Allow header lists the methods it takes."
+        }
+        "deadline_exceeded" => {
+            "The response did not start within http.request_timeout_ms. The request may still take effect: retry with the same Idempotency-Key."
         }
         "cors_forbidden" => {
             "A browser's cross-origin request from an origin, or with a method or header, that http.cors_allowed_origins does not allow."

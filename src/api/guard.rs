@@ -3,7 +3,6 @@
 //! holding the route's scope, the ownership rule for orders, and the development issuer's
 //! published keys.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -92,17 +91,17 @@ pub fn require(
     };
     warp::method()
         .and(warp::path::full())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<super::server::PeerAddr>())
         .and(warp::header::optional::<String>("authorization"))
         .and_then(
         move |method: warp::http::Method,
               path: FullPath,
-              remote: Option<SocketAddr>,
+              remote: Option<super::server::PeerAddr>,
               header: Option<String>| {
         let auth = auth.clone();
         let limits = limits.clone();
         async move {
-            let ip = remote.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+            let ip = remote.map_or_else(|| "unknown".to_owned(), |a| a.0.ip().to_string());
             let per_ip = limits.config().per_ip;
             limits.enforce("ip", format!("ip:{ip}"), per_ip).await?;
             let principal = auth.authenticate(header.as_deref()).await.map_err(|e| {

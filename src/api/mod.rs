@@ -13,6 +13,7 @@ pub mod orders;
 pub mod payments;
 pub mod problem;
 pub mod products;
+pub mod server;
 pub mod uploads;
 
 use std::convert::Infallible;

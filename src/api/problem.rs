@@ -42,6 +42,10 @@ pub enum ApiError {
     UpgradeRequired,
     #[error("this cross-origin request is not allowed (http.cors_allowed_origins)")]
     CorsForbidden,
+    #[error(
+        "the request took longer than the server's deadline; nothing is known to have failed, retry with the same Idempotency-Key"
+    )]
+    DeadlineExceeded,
     #[error("no problem type {0:?}")]
     UnknownProblem(String),
     #[error("{0}")]
@@ -127,6 +131,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UpgradeRequired => "websocket_upgrade_required",
             ApiError::CorsForbidden => "cors_forbidden",
+            ApiError::DeadlineExceeded => "deadline_exceeded",
             ApiError::UnknownProblem(_) => "unknown_problem_type",
             ApiError::InvalidProduct(_) => "invalid_product",
             ApiError::ProductExists(_) => "product_exists",
@@ -187,6 +192,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::CorsForbidden => StatusCode::FORBIDDEN,
+            ApiError::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope(_) | ApiError::CustomerMismatch(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -447,6 +453,7 @@ mod tests {
             ApiError::MethodNotAllowed,
             ApiError::UpgradeRequired,
             ApiError::CorsForbidden,
+            ApiError::DeadlineExceeded,
             ApiError::UnknownProblem(String::new()),
             ApiError::Unavailable(String::new()),
             ApiError::InvalidProduct(String::new()),
