@@ -191,7 +191,7 @@ impl App {
             tokio::spawn(async move { api::server::serve(listener, routes, &http, stop_rx).await });
         if services.contains(&Service::Api) {
             // Expired idempotency keys are deleted in the background (a request never waits
-            // for it: an expired key is also claimable in place). Stops with the runtime.
+            // for it: an expired key is also claimable in place). Stops when the pool closes.
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(600));
