@@ -661,6 +661,23 @@ mod tests {
         }
     }
 
+    /// A development issuer with its key in a fresh directory.
+    fn dev_issuer() -> (
+        std::path::PathBuf,
+        AuthConfig,
+        Authenticator,
+        Arc<SigningKey>,
+    ) {
+        let dir = tempdir();
+        let config = dev_config(&dir);
+        let auth = Authenticator::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+        let key = auth
+            .dev_key()
+            .cloned()
+            .unwrap_or_else(|| panic!("no dev key"));
+        (dir, config, auth, key)
+    }
+
     fn tempdir() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("orderflow-auth-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
@@ -678,13 +695,7 @@ mod tests {
 
     #[tokio::test]
     async fn dev_tokens_validate_and_carry_scopes() {
-        let dir = tempdir();
-        let config = dev_config(&dir);
-        let auth = Authenticator::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
-        let key = auth
-            .dev_key()
-            .cloned()
-            .unwrap_or_else(|| panic!("no dev key"));
+        let (dir, config, auth, key) = dev_issuer();
         let claims = Claims::new(
             &config,
             "c-1",
@@ -707,13 +718,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_tokens_are_refused_with_a_reason() {
-        let dir = tempdir();
-        let config = dev_config(&dir);
-        let auth = Authenticator::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
-        let key = auth
-            .dev_key()
-            .cloned()
-            .unwrap_or_else(|| panic!("no dev key"));
+        let (dir, config, auth, key) = dev_issuer();
         let check = |claims: Claims| {
             let token = key.sign(&claims).unwrap_or_else(|e| panic!("{e}"));
             let auth = &auth;

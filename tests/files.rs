@@ -13,13 +13,7 @@ use sha2::{Digest, Sha256};
 use support::{TestApp, TestEnv, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
-const ALL: &[Service] = &[
-    Service::Api,
-    Service::Order,
-    Service::Inventory,
-    Service::Payment,
-    Service::File,
-];
+const ALL: &[Service] = support::THROUGH_FILES;
 
 async fn order(app: &TestApp, lines: &[(&str, u32)], card: &str) -> String {
     let mut body = support::order_body("invoice-customer", lines);
@@ -163,20 +157,7 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
     );
 
     // Redelivery of the confirmation: still one invoice, one announcement, the same bytes.
-    let confirmed = support::read_topic(&env.config, topics::ORDER_EVENTS, WAIT, |seen| {
-        seen.iter().any(|s| s.envelope.kind == "OrderConfirmed")
-    })
-    .await
-    .into_iter()
-    .find(|s| s.envelope.kind == "OrderConfirmed")
-    .map(|s| s.envelope)
-    .unwrap_or_else(|| unreachable!());
-    support::publish_all(
-        &env.config,
-        topics::ORDER_EVENTS,
-        &[confirmed.clone(), confirmed.clone(), confirmed],
-    )
-    .await;
+    support::redeliver(&env.config, topics::ORDER_EVENTS, "OrderConfirmed", 3).await;
     let announced = support::read_topic(&env.config, topics::FILE_EVENTS, WAIT, |seen| {
         seen.len() >= 2
     })

@@ -13,13 +13,7 @@ use serde_json::json;
 use support::{Daemon, TestApp, TestEnv, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(90);
-const ALL: &[Service] = &[
-    Service::Api,
-    Service::Order,
-    Service::Inventory,
-    Service::Payment,
-    Service::File,
-];
+const ALL: &[Service] = support::THROUGH_FILES;
 
 async fn start_s3(port: u16, dir: &std::path::Path) -> Daemon {
     let args = [

@@ -62,7 +62,7 @@ fn with_ctx(ctx: ApiContext) -> impl Filter<Extract = (ApiContext,), Error = Inf
 
 /// All routes, with problem+json errors and request metrics.
 pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    let ctx_origins = ctx.config.http.cors_allowed_origins.clone();
+    let config = ctx.config.clone();
     let ops = health::routes(ctx.clone());
     let problems = warp::path!("problems" / String)
         .and(warp::get())
@@ -94,7 +94,7 @@ pub fn routes(ctx: ApiContext) -> warp::filters::BoxedFilter<(warp::reply::Respo
     } else {
         base.boxed()
     };
-    let origins = &ctx_origins;
+    let origins = &config.http.cors_allowed_origins;
     let all = if origins.is_empty() {
         all
     } else {

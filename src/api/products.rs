@@ -94,16 +94,10 @@ impl CreateProduct {
     }
 }
 
-/// A whole number, also when written with a zero fraction (`62.0` is an integer in JSON
-/// Schema, so a client may send it).
+/// A whole number ([`crate::domain::whole_number`]).
 fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
-    n.as_i64()
-        .or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() <= 9.0e15)
-                .map(|f| f as i64)
-        })
+    crate::domain::whole_number(&n)
         .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number")))
 }
 

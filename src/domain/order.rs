@@ -144,14 +144,7 @@ impl PlaceOrder {
         let mut lines = Vec::with_capacity(self.lines.len());
         for (i, line) in self.lines.iter().enumerate() {
             let sku = Sku::parse(&line.sku).ok_or(OrderValidationError::InvalidSku { line: i })?;
-            // A zero fraction (2.0) is still a whole number, as JSON Schema's integer says.
-            let quantity = line
-                .quantity
-                .as_i64()
-                .or_else(|| {
-                    let f = line.quantity.as_f64()?;
-                    (f.fract() == 0.0 && f.abs() <= 1e6).then_some(f as i64)
-                })
+            let quantity = super::whole_number(&line.quantity)
                 .filter(|q| (1..=MAX_QUANTITY).contains(q))
                 .and_then(|q| u32::try_from(q).ok())
                 .ok_or(OrderValidationError::InvalidQuantity { line: i })?;

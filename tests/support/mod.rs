@@ -247,6 +247,30 @@ pub fn admin_client() -> reqwest::Client {
     client_as("test-admin", &orderflow::auth::scopes::ALL)
 }
 
+/// Reads the first `kind` message from `logical_topic` and publishes it `times` more times
+/// (a redelivery, as after a crash between effect and offset commit).
+pub async fn redeliver(config: &Config, logical_topic: &str, kind: &str, times: usize) {
+    let wait = Duration::from_secs(60);
+    let original = read_topic(config, logical_topic, wait, |seen| {
+        seen.iter().any(|s| s.envelope.kind == kind)
+    })
+    .await
+    .into_iter()
+    .find(|s| s.envelope.kind == kind)
+    .map(|s| s.envelope)
+    .unwrap_or_else(|| panic!("no {kind} on {logical_topic}"));
+    publish_all(config, logical_topic, &vec![original; times]).await;
+}
+
+/// The services from order intake to the file service (what invoices and receipts need).
+pub const THROUGH_FILES: &[Service] = &[
+    Service::Api,
+    Service::Order,
+    Service::Inventory,
+    Service::Payment,
+    Service::File,
+];
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
