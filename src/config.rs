@@ -542,6 +542,9 @@ pub struct BridgeConfig {
     pub retry_max_ms: u64,
     /// Transient failures of one record before it goes to its dead-letter topic.
     pub max_attempts: u32,
+    /// How long a revoke or a shutdown waits for the partitions' in-flight records to finish
+    /// (so their offsets are committed before another consumer takes the partitions over).
+    pub drain_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -699,6 +702,7 @@ impl Default for BridgeConfig {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             max_attempts: 10,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -878,6 +882,10 @@ impl Config {
         env.parse(
             "ORDERFLOW_BRIDGE_MAX_ATTEMPTS",
             &mut self.bridge.max_attempts,
+        )?;
+        env.parse(
+            "ORDERFLOW_BRIDGE_DRAIN_TIMEOUT_MS",
+            &mut self.bridge.drain_timeout_ms,
         )?;
         env.parse("ORDERFLOW_INVENTORY_WORKERS", &mut self.inventory.workers)?;
         env.parse(

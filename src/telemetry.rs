@@ -18,7 +18,11 @@ pub fn init(config: &LogConfig) {
             .flatten_event(true)
             .with_current_span(true)
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        // Colours only on a terminal: redirected logs stay plain text.
+        LogFormat::Pretty => builder
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
     };
     // An Err means a subscriber exists already (tests start several apps in one process).
     drop(result);

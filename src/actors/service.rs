@@ -28,6 +28,9 @@ use crate::metrics as m;
 /// Records forwarded from the consumer to the service in one message, at most.
 const MAX_BATCH: usize = 512;
 
+/// How long a shutdown keeps retrying a failed offset commit.
+const COMMIT_DEADLINE: Duration = Duration::from_secs(5);
+
 pub enum ServiceMsg {
     Batch(Vec<Record>),
     Rebalance(RebalanceEvent),
@@ -87,12 +90,21 @@ impl Actor for ServiceSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let topics: Vec<String> = args.topics.iter().map(|t| args.config.topic(t)).collect();
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let (consumer, events) =
-            kafka::consumer(&args.config.kafka, &args.config.group(args.name))?;
+        // A revoke waits for the drain and then for the commit.
+        let revoke_wait =
+            Duration::from_millis(args.config.bridge.drain_timeout_ms) + COMMIT_DEADLINE;
+        let (consumer, events) = kafka::consumer(
+            &args.config.kafka,
+            &args.config.group(args.name),
+            revoke_wait,
+        )?;
         consumer.subscribe(&names)?;
         let consumer = Arc::new(consumer);
         let (stop, stop_rx) = watch::channel(false);
-        let consume_task = tokio::spawn(consume(consumer.clone(), events, myself.clone(), stop_rx));
+        // Rebalance events travel on their own task: a revoke blocks the consume task (inside
+        // the consumer's poll) until the service has drained the partitions.
+        tokio::spawn(forward_rebalances(events, myself.clone()));
+        let consume_task = tokio::spawn(consume(consumer.clone(), myself.clone(), stop_rx));
         let router = (args.router)(myself.get_cell());
         tracing::info!(service = args.name, ?topics, "service consuming");
         Ok(ServiceState {
@@ -123,13 +135,24 @@ impl Actor for ServiceSupervisor {
                     }
                 }
             }
-            ServiceMsg::Rebalance(RebalanceEvent::Revoked(parts)) => {
-                for key in parts {
-                    if let Some(bridge) = state.bridges.remove(&key) {
-                        tracing::info!(topic = %key.0, partition = key.1, "partition revoked");
-                        bridge.stop(Some("partition revoked".into()));
-                    }
+            ServiceMsg::Rebalance(RebalanceEvent::Revoked(parts, done)) => {
+                let revoked: Vec<_> = parts
+                    .iter()
+                    .filter_map(|key| state.bridges.remove(key))
+                    .collect();
+                // Handled records' offsets are committed before the partitions move on, so
+                // their next owner does not redo them.
+                if !state.drain(&revoked).await {
+                    tracing::warn!("revoked partitions still had records in flight");
                 }
+                state.commit(Duration::ZERO).await;
+                for bridge in revoked {
+                    bridge.stop(Some("partition revoked".into()));
+                }
+                for (topic, partition) in parts {
+                    tracing::info!(%topic, partition, "partition revoked");
+                }
+                let _ = done.send(());
             }
             ServiceMsg::Rebalance(RebalanceEvent::Assigned(parts)) => {
                 for (topic, partition) in parts {
@@ -209,21 +232,25 @@ impl ServiceState {
         Ok(bridge)
     }
 
-    async fn shutdown(&mut self, myself: &ActorRef<ServiceMsg>) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.consume_task.take() {
-            let _ = task.await;
-        }
-        for bridge in self.bridges.values() {
-            let drained = ractor::call_t!(bridge, BridgeMsg::Drain, 10_000);
-            if drained.is_err() {
-                tracing::warn!("a partition bridge did not drain in time");
-            }
-        }
-        // A commit can fail transiently (the group coordinator moving, a rebalance still
-        // settling): try a few times, so handled records are not redelivered after a clean
-        // stop (the inbox would absorb them, but the next process would redo the reads).
-        for attempt in 1..=5 {
+    /// Waits, for all of them at once and up to the drain deadline, until the bridges have
+    /// nothing in flight. True when every one drained.
+    async fn drain(&self, bridges: &[ActorRef<BridgeMsg>]) -> bool {
+        let deadline = Duration::from_millis(self.args.config.bridge.drain_timeout_ms);
+        let calls = bridges
+            .iter()
+            .map(|b| b.call(BridgeMsg::Drain, Some(deadline)));
+        futures::future::join_all(calls)
+            .await
+            .iter()
+            .all(|r| matches!(r, Ok(ractor::rpc::CallResult::Success(()))))
+    }
+
+    /// Commits the stored offsets synchronously; a failed commit is tried again after doubling
+    /// pauses while `retry_for` has not passed (zero: one attempt).
+    async fn commit(&self, retry_for: Duration) {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        for attempt in 1.. {
             let consumer = self.consumer.clone();
             let committed = tokio::task::spawn_blocking(move || {
                 consumer.commit_consumer_state(CommitMode::Sync)
@@ -232,27 +259,44 @@ impl ServiceState {
             match committed {
                 Ok(Ok(())) => {
                     tracing::info!(service = self.args.name, "offsets committed");
-                    break;
+                    return;
                 }
                 Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
                     rdkafka::types::RDKafkaErrorCode::NoOffset,
                 ))) => {
-                    tracing::debug!(service = self.args.name, "nothing to commit on shutdown");
-                    break;
+                    tracing::debug!(service = self.args.name, "no new offsets to commit");
+                    return;
                 }
-                Ok(Err(e)) if attempt < 5 => {
+                Ok(Err(e)) if started.elapsed() + pause <= retry_for => {
                     tracing::debug!(error = %e, attempt, "offset commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "offsets not committed on shutdown");
+                    tracing::warn!(service = self.args.name, error = %e, "offsets not committed");
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "offset commit task failed");
-                    break;
+                    return;
                 }
             }
         }
+    }
+
+    async fn shutdown(&mut self, myself: &ActorRef<ServiceMsg>) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.consume_task.take() {
+            let _ = task.await;
+        }
+        let bridges: Vec<_> = self.bridges.values().cloned().collect();
+        if !self.drain(&bridges).await {
+            tracing::warn!("partition bridges did not drain in time");
+        }
+        // A commit can fail transiently (the group coordinator moving, a rebalance still
+        // settling): try for a while, so handled records are not redelivered after a clean
+        // stop (the inbox would absorb them, but the next process would redo the reads).
+        self.commit(COMMIT_DEADLINE).await;
         myself
             .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
             .await;
@@ -260,10 +304,22 @@ impl ServiceState {
     }
 }
 
-/// Reads the consumer and forwards records in batches (and rebalance events) to the service.
+/// Forwards the consumer's rebalance events to the service; ends with the consumer.
+async fn forward_rebalances(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
+    service: ActorRef<ServiceMsg>,
+) {
+    while let Some(event) = events.recv().await {
+        // A stopped service answers no revoke: dropping the event releases the consumer.
+        if service.cast(ServiceMsg::Rebalance(event)).is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads the consumer and forwards records to the service in batches.
 async fn consume(
     consumer: Arc<BridgeConsumer>,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
     service: ActorRef<ServiceMsg>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -271,9 +327,6 @@ async fn consume(
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            Some(event) = events.recv() => {
-                if service.cast(ServiceMsg::Rebalance(event)).is_err() { break; }
-            }
             first = consumer.recv() => {
                 let first = match first {
                     Ok(m) => to_record(&m),

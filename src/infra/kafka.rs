@@ -50,16 +50,41 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaAdapterErro
 }
 
 /// Partition assignment changes seen by a consumer, forwarded to the service that owns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RebalanceEvent {
     Assigned(Vec<(String, i32)>),
-    Revoked(Vec<(String, i32)>),
+    /// The partitions are about to be taken away. The consumer waits until `done` is answered
+    /// (or the drain deadline passes), so the owner can let in-flight records finish and commit
+    /// their offsets before another consumer starts on the partitions.
+    Revoked(Vec<(String, i32)>, std::sync::mpsc::SyncSender<()>),
 }
 
 /// Forwards rebalance callbacks (which run inside the consumer's poll) to a channel, so the
 /// owner creates and stops partition bridges outside librdkafka's thread.
 pub struct BridgeContext {
     events: mpsc::UnboundedSender<RebalanceEvent>,
+    /// How long a revoke waits for the owner.
+    revoke_wait: Duration,
+}
+
+impl BridgeContext {
+    /// Blocks the consumer's poll until the owner answers. Only on a multi-threaded runtime
+    /// (the owner needs another worker to run); elsewhere the revoke proceeds at once and the
+    /// next owner redelivers what was in flight (the inbox absorbs it).
+    fn wait_for_owner(&self, done: std::sync::mpsc::Receiver<()>) {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread {
+            return;
+        }
+        let answered = tokio::task::block_in_place(|| done.recv_timeout(self.revoke_wait));
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = answered {
+            tracing::warn!(
+                waited = ?self.revoke_wait,
+                "partitions revoked before their in-flight records finished"
+            );
+        }
+    }
 }
 
 impl ClientContext for BridgeContext {}
@@ -72,8 +97,15 @@ impl ConsumerContext for BridgeContext {
                 .iter()
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect();
-            // The receiver is gone only when the service is stopping.
-            let _ = self.events.send(RebalanceEvent::Revoked(parts));
+            let (done, answered) = std::sync::mpsc::sync_channel(1);
+            // The receiver is gone only when the service is stopping (it drained already).
+            if self
+                .events
+                .send(RebalanceEvent::Revoked(parts, done))
+                .is_ok()
+            {
+                self.wait_for_owner(answered);
+            }
         }
     }
 
@@ -100,6 +132,7 @@ pub type BridgeConsumer = StreamConsumer<BridgeContext>;
 pub fn consumer(
     config: &KafkaConfig,
     group: &str,
+    revoke_wait: Duration,
 ) -> Result<(BridgeConsumer, mpsc::UnboundedReceiver<RebalanceEvent>), KafkaAdapterError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let consumer = base_config(config)
@@ -116,7 +149,10 @@ pub fn consumer(
         )
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
-        .create_with_context(BridgeContext { events: tx })?;
+        .create_with_context(BridgeContext {
+            events: tx,
+            revoke_wait,
+        })?;
     Ok((consumer, rx))
 }
 

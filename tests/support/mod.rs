@@ -24,6 +24,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> TestEnv {
+        capture_logs();
         let mut config = Config::load(None).unwrap_or_else(|e| panic!("test config: {e}"));
         let id = uuid::Uuid::now_v7().simple().to_string();
         let short = &id[id.len() - 12..];
@@ -475,6 +476,22 @@ pub fn group_caught_up(config: &Config, group: &str, logical_topic: &str) -> boo
     })
 }
 
+/// Sends the in-process services' logs (orderflow at info, everything else at warn) to the
+/// test harness's captured output, so a failing test prints what the system did.
+/// `ORDERFLOW_TEST_LOG` overrides the filter.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("ORDERFLOW_TEST_LOG")
+            .unwrap_or_else(|_| "warn,orderflow=info".to_owned());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 /// An `orderflow serve` child process, for tests that kill whole processes.
 pub struct ChildProcess {
     pub child: tokio::process::Child,
@@ -485,6 +502,7 @@ impl ChildProcess {
     /// Starts `orderflow serve --services <services>` for this test's slice and waits until it
     /// prints its address. Logs go to `<target>/chaos-logs/<db>-<n>.log`.
     pub async fn start(env: &TestEnv, services: &str, extra_env: &[(&str, &str)]) -> ChildProcess {
+        use std::io::Write;
         use tokio::io::{AsyncBufReadExt, BufReader};
         let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-logs");
         let _ = std::fs::create_dir_all(&logs);
@@ -504,15 +522,18 @@ impl ChildProcess {
             )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(log)
+            .stderr(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn orderflow: {e}"));
         let stdout = child.stdout.take().unwrap_or_else(|| unreachable!());
         let mut lines = BufReader::new(stdout).lines();
+        // The process logs to stdout: every line goes to the log file too.
+        let mut log = log;
         let base = tokio::time::timeout(Duration::from_secs(60), async {
             while let Ok(Some(line)) = lines.next_line().await {
+                let _ = writeln!(log, "{line}");
                 if let Some(addr) = line.strip_prefix("orderflow listening on ") {
                     return Some(addr.trim().to_owned());
                 }
@@ -523,7 +544,11 @@ impl ChildProcess {
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("orderflow did not start; see {}", log_path.display()));
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = writeln!(log, "{line}");
+            }
+        });
         ChildProcess { child, base }
     }
 
