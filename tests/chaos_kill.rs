@@ -110,7 +110,8 @@ async fn orders_committed_but_unpublished_at_sigkill_are_published_and_recorded_
         let body: Value = resp.json().await.unwrap_or_default();
         accepted.insert(body["order_id"].as_str().unwrap_or_default().to_owned());
     }
-    assert_eq!(env.count("SELECT count(*) FROM orders.outbox").await, 40);
+    // Per order `OrderPlaced` and the saga's first command, `ReserveStock`.
+    assert_eq!(env.count("SELECT count(*) FROM orders.outbox").await, 80);
     intake.kill().await;
     assert_eq!(
         topic_size(&env.config, topics::ORDER_EVENTS),

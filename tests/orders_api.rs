@@ -365,24 +365,30 @@ async fn health_and_metrics_reflect_the_running_system() {
 
     let ok = app.place_order(&order_body("m", &[("A", 1)])).await;
     assert_eq!(ok.status().as_u16(), 201);
-    eventually(WAIT, "the saga records the order", || async {
-        (env.count("SELECT count(*) FROM orders.saga_journal").await == 1).then_some(())
+    // The intake took the saga's first step; the order service consumes the `OrderPlaced`.
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.saga_journal").await,
+        1
+    );
+    let text = eventually(WAIT, "the order service consumes the order", || async {
+        let text = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("orderflow_bridge_records_total{")
+            .then_some(text)
     })
     .await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
     for name in [
         "orderflow_orders_accepted_total",
         "orderflow_http_requests_total",
         "orderflow_outbox_published_total",
-        "orderflow_saga_events_total",
+        "orderflow_bridge_records_total",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

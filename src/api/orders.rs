@@ -1,5 +1,5 @@
-//! `/v1/orders`: place an order (stored with its `OrderPlaced` outbox row in one transaction),
-//! read one, and list them with cursor pagination.
+//! `/v1/orders`: place an order (stored with its `OrderPlaced` outbox row and its saga's first
+//! step in one transaction), read one, and list them with cursor pagination.
 
 use std::collections::HashMap;
 
@@ -14,6 +14,7 @@ use super::guard::{owned_order, require};
 use super::idempotency::{self, Begin};
 use super::problem::{ApiError, Problem};
 use super::{ApiContext, cached_json, json_bytes, with_ctx};
+use crate::actors::order::saga;
 use crate::auth::{Principal, scopes};
 use crate::domain::envelope::{Envelope, OrderPlaced, topics};
 use crate::domain::ids::OrderId;
@@ -146,17 +147,32 @@ pub(crate) async fn place_order(
         email: order.email.clone(),
     };
     let envelope = Envelope::new(id, &placed, now);
+    // The saga's first step (RESERVING, `ReserveStock`) commits with the order: one hop less.
+    let first = saga::first_step(id, &placed, &ctx.config.saga, now);
+    let traceparent = Some(trace.to_header());
+    let messages: Vec<OutboxMessage<'_>> = std::iter::once((topics::ORDER_EVENTS, &envelope))
+        .chain(first.commands.iter().map(|(topic, e)| (*topic, e)))
+        .map(|(topic, envelope)| OutboxMessage {
+            topic,
+            envelope,
+            traceparent: traceparent.clone(),
+        })
+        .collect();
+    let start = repo::SagaStart {
+        consumer: saga::CONSUMER,
+        state: &first.state,
+        deadline: first.deadline,
+        message_id: envelope.id,
+        message_type: &envelope.kind,
+    };
     let record = repo::insert_order(
         ctx.writers.get(Schema::Orders),
         id,
         &order,
         now,
         &trace.trace_id_hex(),
-        OutboxMessage {
-            topic: topics::ORDER_EVENTS,
-            envelope: &envelope,
-            traceparent: Some(trace.to_header()),
-        },
+        &start,
+        &messages,
         claimed.as_ref(),
     )
     .await;

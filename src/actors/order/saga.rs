@@ -2,12 +2,13 @@
 //! `domain::saga` event, applies the pure transition, and persists the new state with its inbox
 //! row, journal entry, outbox commands and deadline in one transaction. It rehydrates from
 //! PostgreSQL when (re)started, stops at a terminal state, and passivates when idle — its
-//! deadline lives in the database, where the timer sweeper finds it.
+//! deadline lives in the database, where the timer sweeper finds it. The first step (after
+//! `OrderPlaced`) is taken by the order intake in the order's transaction ([`first_step`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -53,10 +54,6 @@ pub struct SagaActorState {
     /// `None` until loaded (lazily, so that spawning never waits on I/O) or after a failed
     /// write whose outcome is unknown.
     loaded: Option<(SagaState, Option<i32>)>,
-    /// Until a write conflicts, an `OrderPlaced` is assumed to meet a saga not yet stored: it
-    /// is its first message, so the lookup is skipped (the write's conflict check catches the
-    /// rare redelivery after a restart, and the retry then loads).
-    assume_new: bool,
     last_activity: Instant,
 }
 
@@ -80,7 +77,6 @@ impl Actor for OrderSaga {
         Ok(SagaActorState {
             args,
             loaded: None,
-            assume_new: true,
             last_activity: Instant::now(),
         })
     }
@@ -145,8 +141,10 @@ enum Meaning {
 }
 
 /// Messages the saga publishes itself or never waits for: they mean nothing in any state, so
-/// the saga does not even load its state for them.
-pub(crate) const NOT_WAITED_FOR: [&str; 4] = [
+/// the saga does not even load its state for them. `OrderPlaced` is one of them: the intake
+/// takes the saga's first step in the order's own transaction ([`first_step`]).
+pub(crate) const NOT_WAITED_FOR: [&str; 5] = [
+    OrderPlaced::TYPE,
     OrderConfirmed::TYPE,
     OrderCancelled::TYPE,
     crate::domain::envelope::StockCommitted::TYPE,
@@ -162,17 +160,6 @@ fn decode<P: Payload>(envelope: &Envelope) -> Result<P, HandleError> {
 fn meaning(envelope: &Envelope, version: Option<i32>) -> Result<Meaning, HandleError> {
     let kind = envelope.kind.as_str();
     let event = match kind {
-        k if k == OrderPlaced::TYPE => {
-            let p: OrderPlaced = decode(envelope)?;
-            SagaEvent::OrderPlaced {
-                customer_id: p.customer_id,
-                currency: p.currency,
-                lines: p.lines,
-                card_token: p
-                    .card_token
-                    .unwrap_or_else(|| DEFAULT_CARD_TOKEN.to_owned()),
-            }
-        }
         k if k == StockReserved::TYPE => {
             let p: StockReserved = decode(envelope)?;
             SagaEvent::StockReserved {
@@ -250,9 +237,6 @@ impl SagaActorState {
         if NOT_WAITED_FOR.contains(&envelope.kind.as_str()) {
             return Ok(Handled::Ignored);
         }
-        if self.assume_new && self.loaded.is_none() && envelope.is::<OrderPlaced>() {
-            self.loaded = Some((SagaState::new(), None));
-        }
         let (state, version) = self.load().await?;
         let event = match meaning(envelope, version)? {
             Meaning::Event(e) => e,
@@ -263,7 +247,7 @@ impl SagaActorState {
             return Ok(Handled::Ignored);
         }
         let order_id = OrderId::from_uuid(self.args.order_id);
-        let envelopes = self.commands(order_id, &transition);
+        let envelopes = command_envelopes(order_id, &transition, Utc::now());
         let messages = envelopes
             .iter()
             .map(|(topic, env)| OutboxMessage {
@@ -288,7 +272,9 @@ impl SagaActorState {
             expected_version: version,
             from: state.status,
             to: &transition.state,
-            deadline: transition.deadline.map(|d| Utc::now() + self.deadline(d)),
+            deadline: transition
+                .deadline
+                .map(|d| Utc::now() + deadline_length(&self.args.config, d)),
             trace_id: trace_id.as_deref(),
             messages,
             order_update: outcome.map(|o| match o {
@@ -309,12 +295,10 @@ impl SagaActorState {
             Ok(StepOutcome::Duplicate) => {
                 // The state this was computed from may have been assumed: read it next time.
                 self.loaded = None;
-                self.assume_new = false;
                 Ok(Handled::Duplicate)
             }
             Ok(StepOutcome::Conflict) => {
                 self.loaded = None;
-                self.assume_new = false;
                 Err(HandleError::Transient(
                     "saga state changed underneath; reloading".into(),
                 ))
@@ -325,84 +309,121 @@ impl SagaActorState {
             }
         }
     }
+}
 
-    fn deadline(&self, d: Deadline) -> chrono::Duration {
-        let c = &self.args.config;
-        let ms = match d {
-            Deadline::Stock => c.stock_timeout_ms,
-            Deadline::Payment => c.payment_timeout_ms,
-            Deadline::Release => c.release_timeout_ms,
-        };
-        chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
-    }
+/// How long the saga waits in the step a deadline guards.
+fn deadline_length(c: &SagaConfig, d: Deadline) -> chrono::Duration {
+    let ms = match d {
+        Deadline::Stock => c.stock_timeout_ms,
+        Deadline::Payment => c.payment_timeout_ms,
+        Deadline::Release => c.release_timeout_ms,
+    };
+    chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+}
 
-    /// The outbox messages of a transition's commands.
-    fn commands(&self, order: OrderId, t: &Transition) -> Vec<(&'static str, Envelope)> {
-        let now = Utc::now();
-        t.commands
-            .iter()
-            .map(|c| match c {
-                SagaCommand::ReserveStock(p) => (
-                    topics::INVENTORY_COMMANDS,
-                    Envelope::new(order, p as &ReserveStock, now),
-                ),
-                SagaCommand::ReleaseStock { reason } => (
-                    topics::INVENTORY_COMMANDS,
-                    Envelope::new(
-                        order,
-                        &ReleaseStock {
-                            reason: reason.clone(),
-                        },
-                        now,
-                    ),
-                ),
-                SagaCommand::CommitStock => (
-                    topics::INVENTORY_COMMANDS,
-                    Envelope::new(order, &CommitStock {}, now),
-                ),
-                SagaCommand::AuthorizePayment(p) => (
-                    topics::PAYMENT_COMMANDS,
-                    Envelope::new(order, p as &AuthorizePayment, now),
-                ),
-                SagaCommand::RefundPayment { reason } => (
-                    topics::PAYMENT_COMMANDS,
-                    Envelope::new(
-                        order,
-                        &RefundPayment {
-                            reason: reason.clone(),
-                        },
-                        now,
-                    ),
-                ),
-                SagaCommand::Complete(Outcome::Confirmed {
-                    total_minor,
-                    currency,
-                    customer_id,
-                    lines,
-                }) => (
-                    topics::ORDER_EVENTS,
-                    Envelope::new(
-                        order,
-                        &OrderConfirmed {
-                            total_minor: *total_minor,
-                            currency: *currency,
-                            customer_id: customer_id.clone(),
-                            lines: lines.clone(),
-                        },
-                        now,
-                    ),
-                ),
-                SagaCommand::Complete(Outcome::Cancelled { reason }) => (
-                    topics::ORDER_EVENTS,
-                    Envelope::new(
-                        order,
-                        &OrderCancelled {
-                            reason: reason.clone(),
-                        },
-                        now,
-                    ),
-                ),
-            })
-            .collect()
+/// The saga's first step, which the order intake writes in the order's own transaction: the
+/// state after `OrderPlaced` (RESERVING), its deadline and its command (`ReserveStock`). It is
+/// the pure transition the saga would take, so the saga never needs to see `OrderPlaced`.
+pub struct FirstStep {
+    pub state: SagaState,
+    pub deadline: Option<DateTime<Utc>>,
+    pub commands: Vec<(&'static str, Envelope)>,
+}
+
+pub fn first_step(
+    order: OrderId,
+    placed: &OrderPlaced,
+    config: &SagaConfig,
+    now: DateTime<Utc>,
+) -> FirstStep {
+    let event = SagaEvent::OrderPlaced {
+        customer_id: placed.customer_id.clone(),
+        currency: placed.currency,
+        lines: placed.lines.clone(),
+        card_token: placed
+            .card_token
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CARD_TOKEN.to_owned()),
+    };
+    let transition = saga::apply(&SagaState::new(), &event);
+    FirstStep {
+        deadline: transition
+            .deadline
+            .map(|d| now + deadline_length(config, d)),
+        commands: command_envelopes(order, &transition, now),
+        state: transition.state,
     }
+}
+
+/// The outbox messages of a transition's commands.
+fn command_envelopes(
+    order: OrderId,
+    t: &Transition,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, Envelope)> {
+    t.commands
+        .iter()
+        .map(|c| match c {
+            SagaCommand::ReserveStock(p) => (
+                topics::INVENTORY_COMMANDS,
+                Envelope::new(order, p as &ReserveStock, now),
+            ),
+            SagaCommand::ReleaseStock { reason } => (
+                topics::INVENTORY_COMMANDS,
+                Envelope::new(
+                    order,
+                    &ReleaseStock {
+                        reason: reason.clone(),
+                    },
+                    now,
+                ),
+            ),
+            SagaCommand::CommitStock => (
+                topics::INVENTORY_COMMANDS,
+                Envelope::new(order, &CommitStock {}, now),
+            ),
+            SagaCommand::AuthorizePayment(p) => (
+                topics::PAYMENT_COMMANDS,
+                Envelope::new(order, p as &AuthorizePayment, now),
+            ),
+            SagaCommand::RefundPayment { reason } => (
+                topics::PAYMENT_COMMANDS,
+                Envelope::new(
+                    order,
+                    &RefundPayment {
+                        reason: reason.clone(),
+                    },
+                    now,
+                ),
+            ),
+            SagaCommand::Complete(Outcome::Confirmed {
+                total_minor,
+                currency,
+                customer_id,
+                lines,
+            }) => (
+                topics::ORDER_EVENTS,
+                Envelope::new(
+                    order,
+                    &OrderConfirmed {
+                        total_minor: *total_minor,
+                        currency: *currency,
+                        customer_id: customer_id.clone(),
+                        lines: lines.clone(),
+                    },
+                    now,
+                ),
+            ),
+            SagaCommand::Complete(Outcome::Cancelled { reason }) => (
+                topics::ORDER_EVENTS,
+                Envelope::new(
+                    order,
+                    &OrderCancelled {
+                        reason: reason.clone(),
+                    },
+                    now,
+                ),
+            ),
+        })
+        .collect()
 }

@@ -46,15 +46,28 @@ pub struct OrderFilter {
     pub limit: u32,
 }
 
-/// Stores a new order, its lines and its `OrderPlaced` outbox row atomically, in the next
-/// batch of the orders writer.
+/// The saga's first step, stored with its order: the saga's state and deadline, its inbox row
+/// and journal entry for the `OrderPlaced` message it answers (its commands travel in the
+/// intake's outbox messages).
+pub struct SagaStart<'a> {
+    pub consumer: &'a str,
+    pub state: &'a SagaState,
+    pub deadline: Option<DateTime<Utc>>,
+    pub message_id: Uuid,
+    pub message_type: &'a str,
+}
+
+/// Stores a new order, its lines, its saga's first step and its outbox rows (`OrderPlaced`
+/// and the saga's first commands) atomically, in the next batch of the orders writer.
+#[allow(clippy::too_many_arguments)]
 pub async fn insert_order(
     writer: &Writer,
     id: OrderId,
     order: &NewOrder,
     now: DateTime<Utc>,
     trace_id: &str,
-    message: OutboxMessage<'_>,
+    saga: &SagaStart<'_>,
+    messages: &[OutboxMessage<'_>],
     idempotency_key: Option<&super::idempotency::KeyRef>,
 ) -> Result<OrderRecord, DbError> {
     let skus: Vec<String> = order.lines.iter().map(|l| l.sku.to_string()).collect();
@@ -98,7 +111,14 @@ pub async fn insert_order(
         now,
         skus,
         quantities,
-        outbox: OutboxColumns::new(std::slice::from_ref(&message)),
+        saga_consumer: saga.consumer.to_owned(),
+        saga_status: saga.state.status.as_str(),
+        saga_data: serde_json::to_value(&saga.state.data)
+            .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?,
+        saga_deadline: saga.deadline,
+        placed_id: saga.message_id,
+        placed_type: saga.message_type.to_owned(),
+        outbox: OutboxColumns::new(messages),
         finish,
     });
     writer
@@ -121,14 +141,20 @@ struct IntakeWrite {
     now: DateTime<Utc>,
     skus: Vec<String>,
     quantities: Vec<i32>,
+    saga_consumer: String,
+    saga_status: &'static str,
+    saga_data: serde_json::Value,
+    saga_deadline: Option<DateTime<Utc>>,
+    placed_id: Uuid,
+    placed_type: String,
     outbox: OutboxColumns,
     /// The idempotency key to store the response under, with that response.
     finish: Option<(super::idempotency::KeyRef, super::idempotency::Stored)>,
 }
 
 impl IntakeWrite {
-    /// One statement: the order, its lines and its outbox row (and a second one for the
-    /// idempotency key's response).
+    /// One statement: the order, its lines, the saga's state, inbox row and journal entry, and
+    /// the outbox rows (and a second one for the idempotency key's response).
     async fn execute(&self, conn: &mut PgConnection) -> Result<(), DbError> {
         let o = &self.outbox;
         note_outbox(&o.ids);
@@ -142,6 +168,15 @@ impl IntakeWrite {
                  INSERT INTO orders.order_lines (order_id, line_no, sku, quantity)
                  SELECT o.id, l.n - 1, l.sku, l.qty
                  FROM o, UNNEST($7::text[], $8::int[]) WITH ORDINALITY AS l(sku, qty, n)
+             ), saga AS (
+                 INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
+                 SELECT o.id, $14, 1, $15, $16, $6 FROM o
+             ), claim AS (
+                 INSERT INTO orders.inbox (consumer, message_id) SELECT $17, $18 FROM o
+             ), journal AS (
+                 INSERT INTO orders.saga_journal
+                   (order_id, message_id, message_type, from_status, to_status, trace_id)
+                 SELECT o.id, $18, $19, 'NEW', $14, $4 FROM o
              )
              INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
              SELECT m.id, m.topic, o.id::text, m.kind, m.payload, m.headers
@@ -161,6 +196,12 @@ impl IntakeWrite {
         .bind(&o.kinds)
         .bind(&o.payloads)
         .bind(&o.headers)
+        .bind(self.saga_status)
+        .bind(&self.saga_data)
+        .bind(self.saga_deadline)
+        .bind(&self.saga_consumer)
+        .bind(self.placed_id)
+        .bind(&self.placed_type)
         .execute(&mut *conn)
         .await?;
         if let Some((key, response)) = &self.finish {
