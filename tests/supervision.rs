@@ -16,22 +16,38 @@ fn actor(name: &str) -> Option<ActorCell> {
     ractor::registry::where_is(name)
 }
 
-async fn place(app: &support::TestApp, n: usize) {
+/// Places `n` orders and cancels each. The intake takes a saga's first step itself; the
+/// `CancelRequested` on `order.events` is what each saga handles (no inventory runs, so the
+/// sagas wait in RESERVING until then and nothing else is published on `order.events`).
+async fn place(app: &support::TestApp, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let resp = app
-            .place_order(&order_body(&format!("s{i}"), &[("SKU", 1)]))
+        let id = app
+            .place_order_id(&order_body(&format!("s{i}"), &[("SKU", 1)]))
             .await;
-        assert_eq!(resp.status().as_u16(), 201);
+        let resp = app
+            .http
+            .post(app.url(&format!("/v1/orders/{id}/cancel")))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status().as_u16(), 202, "cancel {id}");
+        ids.push(id);
     }
+    ids
 }
 
+/// Waits until the sagas of `n` orders handled their `CancelRequested`, once each: the
+/// journal holds the intake's entry and the saga's per order.
 async fn recorded(env: &TestEnv, n: i64) {
     eventually(
         WAIT,
-        &format!("{n} orders recorded by their sagas"),
+        &format!("{n} sagas handle their cancel request"),
         || async {
-            (env.count("SELECT count(DISTINCT order_id) FROM orders.saga_journal")
-                .await
+            (env.count(
+                "SELECT count(*) FROM orders.saga_journal WHERE message_type = 'CancelRequested'",
+            )
+            .await
                 == n)
                 .then_some(())
         },
@@ -39,7 +55,7 @@ async fn recorded(env: &TestEnv, n: i64) {
     .await;
     assert_eq!(
         env.count("SELECT count(*) FROM orders.saga_journal").await,
-        n,
+        2 * n,
         "recorded twice"
     );
 }
@@ -179,19 +195,23 @@ async fn ordered_shutdown_commits_every_consumed_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sagas_passivate_and_their_state_stays_in_postgres() {
     let mut env = TestEnv::new().await;
-    env.config.saga.idle_timeout_ms = 200;
+    env.config.saga.idle_timeout_ms = 1_500;
     let app = env.spawn(&[Service::Api, Service::Order]).await;
-    let resp = app.place_order(&order_body("idle", &[("SKU", 1)])).await;
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let id = body["order_id"].as_str().unwrap_or_default().to_owned();
+    let id = place(&app, 1).await.remove(0);
     recorded(&env, 1).await;
     let name = format!("{}/order-saga/{id}", app.app.instance());
+    // The cancel woke the saga (it now waits for the inventory's release) ...
+    assert!(
+        actor(&name).is_some(),
+        "the saga runs after handling the cancel"
+    );
+    // ... and with nothing more to do it stops, its state staying in PostgreSQL.
     eventually(WAIT, "the idle saga stops", || async {
         actor(&name).is_none().then_some(())
     })
     .await;
     assert_eq!(
-        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'RESERVING'")
+        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'RELEASING'")
             .await,
         1
     );
