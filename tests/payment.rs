@@ -204,6 +204,14 @@ async fn redelivered_and_repeated_authorizations_charge_once() {
         .find(|r| r.envelope.kind == "PaymentRefunded")
         .unwrap_or_else(|| unreachable!());
     assert_eq!(refunded.envelope.payload["refunded_minor"], 4_200);
+    // One reply per distinct message, none for the copies: the writers publish only the rows
+    // their statements wrote (two authorizations answered, one refund).
+    eventually(WAIT, "the refund copies are consumed", || async {
+        support::group_caught_up(&env.config, &group, topics::PAYMENT_COMMANDS).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(support::topic_size(&env.config, topics::PAYMENT_EVENTS), 3);
     app.app.shutdown().await;
     env.cleanup().await;
 }

@@ -16,7 +16,7 @@ use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
 use crate::infra::db::DbError;
@@ -26,8 +26,11 @@ use crate::infra::db::messaging::Schema;
 pub enum RelayError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("kafka refused outbox row {id}: {message}")]
-    Publish { id: i64, message: String },
+    #[error("kafka refused outbox message {message_id}: {message}")]
+    Publish {
+        message_id: uuid::Uuid,
+        message: String,
+    },
 }
 
 impl From<sqlx::Error> for RelayError {
@@ -78,10 +81,11 @@ pub struct PassOutcome {
     pub lock_busy: bool,
 }
 
-/// An outbox row as read for publishing.
+/// An outbox row as it is published: read by the relay, or known to the writer job that
+/// inserted it (published right after the commit without reading it back).
 #[derive(Debug, Clone)]
 pub struct OutboxRecord {
-    pub id: i64,
+    /// The logical topic; the publisher adds the deployment's prefix.
     topic: String,
     key: String,
     payload: Vec<u8>,
@@ -91,9 +95,26 @@ pub struct OutboxRecord {
 }
 
 impl OutboxRecord {
+    pub fn new(
+        message_id: uuid::Uuid,
+        topic: &str,
+        key: String,
+        message_type: String,
+        payload: Vec<u8>,
+        headers: serde_json::Value,
+    ) -> Self {
+        OutboxRecord {
+            topic: topic.to_owned(),
+            key,
+            payload,
+            headers,
+            message_id,
+            message_type,
+        }
+    }
+
     fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(OutboxRecord {
-            id: r.try_get("id")?,
             topic: r.try_get("topic")?,
             key: r.try_get("message_key")?,
             payload: r.try_get("payload")?,
@@ -104,26 +125,7 @@ impl OutboxRecord {
     }
 }
 
-/// The outbox rows with these message ids, in id order: read just before COMMIT by the writer
-/// whose jobs noted them, so they can be published right after it.
-pub async fn own_rows(
-    conn: &mut PgConnection,
-    schema: Schema,
-    message_ids: &[uuid::Uuid],
-) -> Result<Vec<OutboxRecord>, DbError> {
-    if message_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(sqlx::query(schema.select_own_sql())
-        .bind(message_ids)
-        .fetch_all(conn)
-        .await?
-        .iter()
-        .map(OutboxRecord::from_row)
-        .collect::<Result<_, _>>()?)
-}
-
-type Deliveries = Vec<(i64, rdkafka::producer::DeliveryFuture)>;
+type Deliveries = Vec<(uuid::Uuid, rdkafka::producer::DeliveryFuture)>;
 
 /// Hands `records` to the producer in order (it batches per partition); the acks come later.
 fn enqueue(
@@ -159,10 +161,10 @@ fn enqueue(
             .payload(row.payload.as_slice())
             .headers(headers);
         match producer.send_result(record) {
-            Ok(delivery) => deliveries.push((row.id, delivery)),
+            Ok(delivery) => deliveries.push((row.message_id, delivery)),
             Err((e, _)) => {
                 return Err(RelayError::Publish {
-                    id: row.id,
+                    message_id: row.message_id,
                     message: e.to_string(),
                 });
             }
@@ -172,7 +174,7 @@ fn enqueue(
 }
 
 /// Waits until the broker acknowledged every delivery; the ids in order when all were.
-async fn acks(deliveries: Deliveries, timeout: Duration) -> Result<Vec<i64>, RelayError> {
+async fn acks(deliveries: Deliveries, timeout: Duration) -> Result<Vec<uuid::Uuid>, RelayError> {
     let first = deliveries.first().map(|(id, _)| *id).unwrap_or_default();
     let acks = tokio::time::timeout(
         timeout,
@@ -184,7 +186,7 @@ async fn acks(deliveries: Deliveries, timeout: Duration) -> Result<Vec<i64>, Rel
     )
     .await
     .map_err(|_| RelayError::Publish {
-        id: first,
+        message_id: first,
         message: format!("no acknowledgement within {timeout:?}"),
     })?;
     let mut ids = Vec::with_capacity(acks.len());
@@ -193,13 +195,13 @@ async fn acks(deliveries: Deliveries, timeout: Duration) -> Result<Vec<i64>, Rel
             Ok(Ok(_)) => ids.push(id),
             Ok(Err((e, _))) => {
                 return Err(RelayError::Publish {
-                    id,
+                    message_id: id,
                     message: e.to_string(),
                 });
             }
             Err(_) => {
                 return Err(RelayError::Publish {
-                    id,
+                    message_id: id,
                     message: "producer dropped the delivery".into(),
                 });
             }
@@ -275,7 +277,7 @@ pub struct CommitPublisher {
 }
 
 struct Lane {
-    published: mpsc::UnboundedSender<Vec<i64>>,
+    published: mpsc::UnboundedSender<Vec<uuid::Uuid>>,
     paused_until: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -365,7 +367,7 @@ impl CommitPublisher {
         *paused = Some(Instant::now() + self.pause);
     }
 
-    /// Hands the committed `records` (in id order) to the producer now; awaits their acks and
+    /// Hands the committed `records` (in the order they were written) to the producer now; awaits their acks and
     /// deletes them in the background. Rows that fail stay unpublished for the relay.
     pub fn publish(&self, schema: Schema, records: Vec<OutboxRecord>) {
         if records.is_empty() {
@@ -396,7 +398,11 @@ const DELETE_GATHER: Duration = Duration::from_millis(100);
 
 /// Deletes acknowledged rows, many publishes per statement, on a pool whose connections do
 /// not wait for the WAL flush.
-async fn delete_loop(pool: PgPool, schema: Schema, mut rx: mpsc::UnboundedReceiver<Vec<i64>>) {
+async fn delete_loop(
+    pool: PgPool,
+    schema: Schema,
+    mut rx: mpsc::UnboundedReceiver<Vec<uuid::Uuid>>,
+) {
     while let Some(mut ids) = rx.recv().await {
         // Acks arrive batch by batch; gathering them a moment makes one statement of many
         // publishes. The rows are long gone from the sweeper's view (it takes rows older than

@@ -9,7 +9,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::{note_outbox, reply_columns};
+use super::messaging::{note_outbox, reply_columns, reply_record};
 use super::writer::Writer;
 use crate::domain::envelope::{Payload, StoredDocument, topics};
 use crate::domain::ids::OrderId;
@@ -71,8 +71,8 @@ pub async fn record<P: Payload>(
         .run(move |conn| {
             let binds = binds.clone();
             Box::pin(async move {
-                let (cause, doc, (id, kind, payload, headers)) = &*binds;
-                note_outbox(std::slice::from_ref(id));
+                let (cause, doc, reply) = &*binds;
+                let (id, kind, payload, headers) = reply;
                 let row = sqlx::query(
                     "WITH claim AS (
                          INSERT INTO files.inbox (consumer, message_id) VALUES ($1, $2)
@@ -107,7 +107,12 @@ pub async fn record<P: Payload>(
                 .bind(headers)
                 .fetch_one(conn)
                 .await?;
-                Ok(row.try_get("stored")?)
+                let stored: bool = row.try_get("stored")?;
+                if stored {
+                    // The announcement is written exactly when the document is (`FROM doc`).
+                    note_outbox([reply_record(topics::FILE_EVENTS, doc.order_id, reply)]);
+                }
+                Ok(stored)
             })
         })
         .await

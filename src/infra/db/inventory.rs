@@ -10,7 +10,9 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::{OutboxMessage, Schema, note_outbox, reply_columns, write_outbox};
+use super::messaging::{
+    OutboxMessage, Schema, note_outbox, reply_columns, reply_record, write_outbox,
+};
 use super::writer::Writer;
 use crate::domain::envelope::{
     Envelope, Payload, RejectedLine, StockCommitted, StockReleased, topics,
@@ -203,7 +205,8 @@ async fn reply<P: Payload>(
 
 /// Runs one "claim the inbox, change, reply" statement whose parameters are: $1 consumer,
 /// $2 message id, $3 order id, $4-$8 the reply's id, topic, type, payload and headers. It must
-/// return `fresh` (the message was new) and `changed`. `None` for a duplicate.
+/// return `fresh` (the message was new), `changed`, and `replied` (the reply's outbox row was
+/// written; its CTE `reply` returns a row for it). `None` for a duplicate.
 async fn claim_change_reply<P: Payload>(
     writer: &Writer,
     ctx: &CommandContext,
@@ -218,8 +221,8 @@ async fn claim_change_reply<P: Payload>(
         .run(move |conn| {
             let binds = binds.clone();
             Box::pin(async move {
-                let (ctx, (id, kind, payload, headers)) = &*binds;
-                note_outbox(std::slice::from_ref(id));
+                let (ctx, reply) = &*binds;
+                let (id, kind, payload, headers) = reply;
                 let row = sqlx::query(sql)
                     .bind(ctx.consumer)
                     .bind(ctx.message_id)
@@ -231,6 +234,13 @@ async fn claim_change_reply<P: Payload>(
                     .bind(headers)
                     .fetch_one(conn)
                     .await?;
+                if row.try_get::<bool, _>("replied")? {
+                    note_outbox([reply_record(
+                        topics::INVENTORY_EVENTS,
+                        ctx.order_id.as_uuid(),
+                        reply,
+                    )]);
+                }
                 if !row.try_get::<bool, _>("fresh")? {
                     return Ok(None);
                 }
@@ -268,8 +278,10 @@ pub async fn release(
          ), reply AS (
              INSERT INTO inventory.outbox (message_id, topic, message_key, message_type, payload, headers)
              SELECT $4, $5, $3::text, $6, $7, $8 FROM claim
+             RETURNING 1
          )
-         SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed",
+         SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed,
+                EXISTS (SELECT 1 FROM reply) AS replied",
     )
     .await?;
     Ok(match changed {
@@ -320,8 +332,10 @@ pub async fn commit(writer: &Writer, ctx: &CommandContext) -> Result<CommandOutc
          ), reply AS (
              INSERT INTO inventory.outbox (message_id, topic, message_key, message_type, payload, headers)
              SELECT $4, $5, $3::text, $6, $7, $8 FROM res
+             RETURNING 1
          )
-         SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed",
+         SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed,
+                EXISTS (SELECT 1 FROM reply) AS replied",
     )
     .await?;
     Ok(match changed {

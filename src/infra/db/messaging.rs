@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use crate::domain::envelope::Envelope;
+use crate::infra::outbox::OutboxRecord;
 
 /// A service schema with an outbox and an inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,19 +28,21 @@ pub struct OutboxMessage<'a> {
 }
 
 tokio::task_local! {
-    /// The outbox message ids the jobs of the running writer batch may have inserted.
-    static NOTED: std::cell::RefCell<Vec<Uuid>>;
+    /// The outbox rows the jobs of the running writer batch inserted, in insertion order.
+    static NOTED: std::cell::RefCell<Vec<OutboxRecord>>;
 }
 
-/// Notes that the running job may have inserted outbox rows with these message ids, so its
-/// writer publishes them right after the commit. Outside a writer batch it does nothing; a row
-/// that is not noted is published by the relay's sweep instead (later, never lost).
-pub fn note_outbox(ids: &[Uuid]) {
-    let _ = NOTED.try_with(|n| n.borrow_mut().extend_from_slice(ids));
+/// Notes outbox rows the running job **did** insert (its statement said so), so its writer
+/// publishes them right after the commit without reading them back. Outside a writer batch it
+/// does nothing; a row that is not noted is published by the relay's sweep instead (later,
+/// never lost). A row noted but not inserted would publish a message whose cause never
+/// committed: note only what the statement reports as written.
+pub fn note_outbox(records: impl IntoIterator<Item = OutboxRecord>) {
+    let _ = NOTED.try_with(|n| n.borrow_mut().extend(records));
 }
 
-/// Runs `f` and returns its output with the message ids noted while it ran.
-pub(crate) async fn noting<F: std::future::Future>(f: F) -> (F::Output, Vec<Uuid>) {
+/// Runs `f` and returns its output with the outbox rows noted while it ran.
+pub(crate) async fn noting<F: std::future::Future>(f: F) -> (F::Output, Vec<OutboxRecord>) {
     NOTED
         .scope(std::cell::RefCell::new(Vec::new()), async move {
             let out = f.await;
@@ -54,16 +57,26 @@ pub async fn write_outbox(
     schema: Schema,
     message: &OutboxMessage<'_>,
 ) -> Result<(), DbError> {
-    note_outbox(&[message.envelope.id]);
+    let payload = message.envelope.encode();
+    let headers = trace_headers(message.traceparent.as_deref());
+    let key = message.envelope.order_id.to_string();
     sqlx::query(schema.insert_outbox_sql())
         .bind(message.envelope.id)
         .bind(message.topic)
-        .bind(message.envelope.order_id.to_string())
+        .bind(&key)
         .bind(&message.envelope.kind)
-        .bind(message.envelope.encode())
-        .bind(trace_headers(message.traceparent.as_deref()))
+        .bind(&payload)
+        .bind(&headers)
         .execute(conn)
         .await?;
+    note_outbox([OutboxRecord::new(
+        message.envelope.id,
+        message.topic,
+        key,
+        message.envelope.kind.clone(),
+        payload,
+        headers,
+    )]);
     Ok(())
 }
 
@@ -93,6 +106,38 @@ impl OutboxColumns {
         self.payloads.push(m.envelope.encode());
         self.headers.push(trace_headers(m.traceparent.as_deref()));
     }
+
+    /// The rows as they are published, all under message key `key`.
+    pub fn records(&self, key: &str) -> Vec<OutboxRecord> {
+        (0..self.ids.len())
+            .map(|i| {
+                OutboxRecord::new(
+                    self.ids[i],
+                    &self.topics[i],
+                    key.to_owned(),
+                    self.kinds[i].clone(),
+                    self.payloads[i].clone(),
+                    self.headers[i].clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A reply written from [`reply_columns`], as it is published.
+pub fn reply_record(
+    topic: &str,
+    order_id: Uuid,
+    (id, kind, payload, headers): &(Uuid, String, Vec<u8>, serde_json::Value),
+) -> OutboxRecord {
+    OutboxRecord::new(
+        *id,
+        topic,
+        order_id.to_string(),
+        kind.clone(),
+        payload.clone(),
+        headers.clone(),
+    )
 }
 
 /// The outbox columns of a reply to write with a statement's own binds: the new envelope's id,
@@ -142,7 +187,6 @@ struct Statements {
     insert_outbox: &'static str,
     claim_inbox: &'static str,
     select_unpublished: &'static str,
-    select_own: &'static str,
     delete_published: &'static str,
     count_unpublished: &'static str,
 }
@@ -169,16 +213,13 @@ macro_rules! statements {
                 ".outbox WHERE created_at <= now() - make_interval(secs => $2) ",
                 "ORDER BY id LIMIT $1"
             ),
-            // The rows among the given message ids: those the jobs of a batch noted, found
-            // through the unique index (the ones a job's statement chose not to insert are
-            // simply not there).
-            select_own: concat!(
-                "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
+            // Published rows leave the outbox: Kafka holds the message from then on. By message
+            // id (unique): the writers know the ids of the rows they publish, not their serials.
+            delete_published: concat!(
+                "DELETE FROM ",
                 $schema,
-                ".outbox WHERE message_id = ANY($1) ORDER BY id"
+                ".outbox WHERE message_id = ANY($1)"
             ),
-            // Published rows leave the outbox: Kafka holds the message from then on.
-            delete_published: concat!("DELETE FROM ", $schema, ".outbox WHERE id = ANY($1)"),
             count_unpublished: concat!("SELECT count(*) FROM ", $schema, ".outbox"),
         }
     };
@@ -227,10 +268,6 @@ impl Schema {
         self.statements().select_unpublished
     }
 
-    pub(crate) fn select_own_sql(&self) -> &'static str {
-        self.statements().select_own
-    }
-
     pub(crate) fn delete_published_sql(&self) -> &'static str {
         self.statements().delete_published
     }
@@ -253,7 +290,6 @@ mod tests {
                 s.insert_outbox,
                 s.claim_inbox,
                 s.select_unpublished,
-                s.select_own,
                 s.delete_published,
                 s.count_unpublished,
             ] {

@@ -157,7 +157,6 @@ impl IntakeWrite {
     /// the outbox rows (and a second one for the idempotency key's response).
     async fn execute(&self, conn: &mut PgConnection) -> Result<(), DbError> {
         let o = &self.outbox;
-        note_outbox(&o.ids);
         sqlx::query(
             "WITH o AS (
                  INSERT INTO orders.orders
@@ -204,6 +203,8 @@ impl IntakeWrite {
         .bind(&self.placed_type)
         .execute(&mut *conn)
         .await?;
+        // The statement wrote every outbox row (or failed).
+        note_outbox(o.records(&self.id.to_string()));
         if let Some((key, response)) = &self.finish {
             super::idempotency::finish_on(conn, key, response).await?;
         }
@@ -412,7 +413,6 @@ impl SagaWrite {
 
     async fn execute(&self, conn: &mut PgConnection) -> Result<StepOutcome, DbError> {
         let o = &self.outbox;
-        note_outbox(&o.ids);
         let row = sqlx::query(
             "WITH fresh AS (
                  SELECT NOT EXISTS (SELECT 1 FROM orders.inbox WHERE consumer = $6 AND message_id = $7) AS ok
@@ -468,6 +468,10 @@ impl SagaWrite {
         .await?;
         let version: Option<i32> = row.try_get("version")?;
         let fresh: bool = row.try_get("fresh")?;
+        if version.is_some() {
+            // The outbox rows are written exactly when the state moved (`FROM done`).
+            note_outbox(o.records(&self.order_id.to_string()));
+        }
         Ok(match (version, fresh) {
             (Some(version), _) => StepOutcome::Applied { version },
             (None, false) => StepOutcome::Duplicate,

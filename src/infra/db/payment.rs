@@ -9,7 +9,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use super::messaging::{note_outbox, reply_columns};
+use super::messaging::{note_outbox, reply_columns, reply_record};
 use super::writer::Writer;
 use crate::domain::envelope::{Payload, topics};
 use crate::domain::ids::OrderId;
@@ -117,7 +117,6 @@ pub async fn record_decision<P: Payload>(
             let w = w.clone();
             Box::pin(async move {
                 let (id, kind, payload, headers) = &w.reply;
-                note_outbox(std::slice::from_ref(id));
                 // One statement: the inbox claim gates the payment row and the reply.
                 let fresh: bool = sqlx::query(
                     "WITH claim AS (
@@ -153,6 +152,10 @@ pub async fn record_decision<P: Payload>(
                 .fetch_one(conn)
                 .await?
                 .try_get(0)?;
+                if fresh {
+                    // The reply is written exactly when the claim is (`FROM claim`).
+                    note_outbox([reply_record(topics::PAYMENT_EVENTS, w.order_id, &w.reply)]);
+                }
                 Ok(fresh)
             })
         })
@@ -177,8 +180,8 @@ pub async fn record_refund<P: Payload>(
         .run(move |conn| {
             let w = w.clone();
             Box::pin(async move {
-                let (consumer, message_id, order, (id, kind, payload, headers)) = &*w;
-                note_outbox(std::slice::from_ref(id));
+                let (consumer, message_id, order, reply) = &*w;
+                let (id, kind, payload, headers) = reply;
                 let fresh: bool = sqlx::query(
                     "WITH claim AS (
                          INSERT INTO payment.inbox (consumer, message_id) VALUES ($1, $2)
@@ -204,6 +207,9 @@ pub async fn record_refund<P: Payload>(
                 .fetch_one(conn)
                 .await?
                 .try_get(0)?;
+                if fresh {
+                    note_outbox([reply_record(topics::PAYMENT_EVENTS, *order, reply)]);
+                }
                 Ok(fresh)
             })
         })

@@ -24,6 +24,7 @@ use crate::domain::envelope::{
     PricedLine, RejectReason, RejectedLine, ReserveStock, StockRejected, StockReserved, topics,
 };
 use crate::domain::money::Currency;
+use crate::infra::outbox::OutboxRecord;
 
 struct Request {
     ctx: CommandContext,
@@ -132,7 +133,6 @@ impl GroupWrite {
     fn reply<P: crate::domain::envelope::Payload>(&mut self, ctx: &CommandContext, payload: &P) {
         let (id, kind, bytes, headers) =
             reply_columns(ctx.order_id, payload, ctx.traceparent.as_deref());
-        note_outbox(&[id]);
         self.reply_ids.push(id);
         self.reply_keys.push(ctx.order_id.to_string());
         self.reply_kinds.push(kind);
@@ -303,6 +303,17 @@ async fn reserve_all(
     .bind(&write.reply_headers)
     .execute(&mut *conn)
     .await?;
+    // Every reply was written (or the statement failed).
+    note_outbox((0..write.reply_ids.len()).map(|i| {
+        OutboxRecord::new(
+            write.reply_ids[i],
+            topics::INVENTORY_EVENTS,
+            write.reply_keys[i].clone(),
+            write.reply_kinds[i].clone(),
+            write.reply_payloads[i].clone(),
+            write.reply_headers[i].clone(),
+        )
+    }));
     Ok(outcomes)
 }
 

@@ -6,7 +6,8 @@
 //! **one** transaction and commits once, then answers each job. Under load the batch grows by
 //! itself (jobs queue while the previous batch commits); when idle a job runs at once, so there
 //! is no timer to wait for. A commit (and its WAL flush) is shared by the whole batch. The
-//! outbox rows the batch wrote are read just before COMMIT and handed to the Kafka producer
+//! outbox rows the batch wrote (noted by its jobs as their statements report them written, so
+//! nothing is read back) are handed to the Kafka producer
 //! right after it ([`CommitPublisher`]); without a publisher (or while it is paused by a
 //! failure) the schema's outbox relay is woken once per batch instead.
 //!
@@ -22,7 +23,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::DbError;
 use super::messaging::{self, Schema};
-use crate::infra::outbox::{self, CommitPublisher, OutboxRecord, OutboxWakers};
+use crate::infra::outbox::{CommitPublisher, OutboxRecord, OutboxWakers};
 use crate::metrics as m;
 
 /// What a job runs: its statements on the batch's connection, inside the batch's transaction.
@@ -301,15 +302,15 @@ enum BatchError {
 /// One batch's transactions (the batch, then each job alone if one failed).
 struct Attempt<'a> {
     pool: &'a PgPool,
-    /// The schema whose outbox rows are read back (`None`: no outbox).
+    /// The schema whose outbox rows the jobs note (`None`: no outbox).
     schema: Option<Schema>,
-    /// Read the outbox rows back before COMMIT, to publish them after it.
+    /// Keep the noted outbox rows, to publish them after the COMMIT.
     direct: bool,
 }
 
 impl Attempt<'_> {
-    /// Runs `jobs` on `conn`, then reads back the outbox rows they noted when those are to be
-    /// published directly.
+    /// Runs `jobs` on `conn`; returns the outbox rows they noted when those are to be published
+    /// directly.
     async fn run_jobs(
         &self,
         conn: &mut PgConnection,
@@ -323,10 +324,11 @@ impl Attempt<'_> {
         })
         .await;
         ran?;
-        match self.schema {
-            Some(schema) if self.direct => outbox::own_rows(conn, schema, &noted).await,
-            _ => Ok(Vec::new()),
-        }
+        Ok(if self.schema.is_some() && self.direct {
+            noted
+        } else {
+            Vec::new()
+        })
     }
 
     async fn batch(&self, batch: &mut [Box<dyn Job>]) -> Result<Vec<OutboxRecord>, BatchError> {
