@@ -22,6 +22,7 @@ pub const ACTOR_RESTARTS: &str = "orderflow_actor_restarts_total";
 pub const WRITER_BATCH_JOBS: &str = "orderflow_writer_batch_jobs";
 pub const WRITER_BATCH_SECONDS: &str = "orderflow_writer_batch_seconds";
 pub const WRITER_SPLITS: &str = "orderflow_writer_batch_splits_total";
+pub const GROUP_ITEMS: &str = "orderflow_db_group_items";
 pub const CIRCUIT_STATE: &str = "orderflow_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "orderflow_circuit_transitions_total";
 pub const AUTH_FAILURES: &str = "orderflow_auth_failures_total";
@@ -46,6 +47,12 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(WRITER_BATCH_JOBS.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(GROUP_ITEMS.into()),
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                     )
                 })
@@ -101,6 +108,10 @@ fn describe() {
     describe_histogram!(
         WRITER_BATCH_JOBS,
         "Jobs committed together in one writer transaction, by schema"
+    );
+    describe_histogram!(
+        GROUP_ITEMS,
+        "Requests written together by one set-based statement group (reservations, stock commits)"
     );
     describe_histogram!(
         WRITER_BATCH_SECONDS,

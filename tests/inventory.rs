@@ -371,6 +371,64 @@ async fn duplicate_reserve_commands_reserve_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_commits_arriving_together_apply_once_each() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Api, Service::Inventory]).await;
+    create(&app, "G1", 100, 100).await;
+    create(&app, "G2", 100, 100).await;
+    let orders: Vec<OrderId> = (0..20).map(|_| OrderId::new()).collect();
+    let reserves: Vec<Envelope> = orders
+        .iter()
+        .map(|o| reserve(*o, &[("G1", 2), ("G2", 1)]))
+        .collect();
+    publish_all(&env.config, topics::INVENTORY_COMMANDS, &reserves).await;
+    eventually(WAIT, "every order is reserved", || async {
+        (product(&app, "G1").await["reserved"] == 40).then_some(())
+    })
+    .await;
+    // Every commit twice (a redelivery), a retried commit with a new id for the first order,
+    // and a commit for an order that reserved nothing: published at once, so they are
+    // applied in groups.
+    let mut commits: Vec<Envelope> = Vec::new();
+    for o in &orders {
+        let commit = Envelope::new(*o, &CommitStock {}, Utc::now());
+        commits.push(commit.clone());
+        commits.push(commit);
+    }
+    commits.push(Envelope::new(orders[0], &CommitStock {}, Utc::now()));
+    commits.push(Envelope::new(OrderId::new(), &CommitStock {}, Utc::now()));
+    publish_all(&env.config, topics::INVENTORY_COMMANDS, &commits).await;
+    let group = env.config.group("inventory");
+    eventually(WAIT, "every command is consumed", || async {
+        support::group_caught_up(&env.config, &group, topics::INVENTORY_COMMANDS).then_some(())
+    })
+    .await;
+    let (g1, g2) = (product(&app, "G1").await, product(&app, "G2").await);
+    assert_eq!((&g1["on_hand"], &g1["reserved"]), (&json!(60), &json!(0)));
+    assert_eq!((&g2["on_hand"], &g2["reserved"]), (&json!(80), &json!(0)));
+    assert_eq!(
+        env.count("SELECT count(*) FROM inventory.reservations WHERE status = 'COMMITTED'")
+            .await,
+        20
+    );
+    // One reply per reservation and one per commit that changed something: nothing for the
+    // copies, the retry or the order without a reservation.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        support::topic_size(&env.config, topics::INVENTORY_EVENTS),
+        40
+    );
+    let committed = replies(&env, 40)
+        .await
+        .iter()
+        .filter(|r| r.envelope.kind == "StockCommitted")
+        .count();
+    assert_eq!(committed, 20);
+    app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_reservations_return_their_stock() {
     let mut env = TestEnv::new().await;
     env.config.inventory.reservation_ttl_secs = 1;

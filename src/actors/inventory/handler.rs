@@ -1,6 +1,7 @@
 //! Handles the inventory commands: each runs in one transaction with its inbox row and its
 //! reply, so a redelivered command has no second effect. Reservations are decided in groups
-//! (`infra::db::reserve`); releases and commits are one statement each.
+//! (`infra::db::reserve`), commits are applied in groups (`infra::db::stock_commits`); a
+//! release is one statement.
 
 use async_trait::async_trait;
 
@@ -11,6 +12,7 @@ use crate::domain::envelope::{CommitStock, Envelope, ReleaseStock, ReserveStock}
 use crate::infra::db::inventory::{self as repo, CommandContext, CommandOutcome};
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::reserve::Reservations;
+use crate::infra::db::stock_commits::StockCommits;
 use crate::infra::db::writer::Writers;
 
 /// The inbox consumer name of the inventory command handler.
@@ -18,6 +20,7 @@ pub const CONSUMER: &str = "inventory-commands";
 
 pub struct InventoryHandler {
     reservations: Reservations,
+    commits: StockCommits,
     writers: Writers,
 }
 
@@ -29,8 +32,13 @@ impl InventoryHandler {
             chrono::Duration::seconds(secs),
             config.database.batch_max,
         );
+        let commits = StockCommits::start(
+            writers.get(Schema::Inventory).clone(),
+            config.database.batch_max,
+        );
         Self {
             reservations,
+            commits,
             writers,
         }
     }
@@ -54,7 +62,7 @@ impl CommandHandler for InventoryHandler {
             repo::release(self.writers.get(Schema::Inventory), &ctx, &command.reason).await
         } else if envelope.is::<CommitStock>() {
             envelope.payload_as::<CommitStock>().map_err(poison)?;
-            repo::commit(self.writers.get(Schema::Inventory), &ctx).await
+            self.commits.commit(&ctx).await
         } else {
             return Err(HandleError::Poison(format!(
                 "the inventory service does not handle {} messages",

@@ -14,9 +14,7 @@ use super::messaging::{
     OutboxMessage, Schema, note_outbox, reply_columns, reply_record, write_outbox,
 };
 use super::writer::Writer;
-use crate::domain::envelope::{
-    Envelope, Payload, RejectedLine, StockCommitted, StockReleased, topics,
-};
+use crate::domain::envelope::{Envelope, Payload, RejectedLine, StockReleased, topics};
 use crate::domain::ids::OrderId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -310,38 +308,6 @@ async fn release_in(conn: &mut PgConnection, order: Uuid) -> Result<bool, DbErro
         .await?;
     }
     Ok(changed)
-}
-
-/// Turns a reservation into a sale: stock leaves `on_hand` and `reserved` together. One
-/// statement: inbox, commit, reply.
-pub async fn commit(writer: &Writer, ctx: &CommandContext) -> Result<CommandOutcome, DbError> {
-    let changed = claim_change_reply(writer, ctx, &StockCommitted {},
-        "WITH claim AS (
-             INSERT INTO inventory.inbox (consumer, message_id) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING RETURNING 1
-         ), res AS (
-             UPDATE inventory.reservations SET status = 'COMMITTED', updated_at = now()
-             WHERE order_id = $3 AND status = 'RESERVED' AND EXISTS (SELECT 1 FROM claim)
-             RETURNING order_id
-         ), stock AS (
-             UPDATE inventory.products p
-             SET on_hand = p.on_hand - l.quantity, reserved = p.reserved - l.quantity,
-                 updated_at = now()
-             FROM res, inventory.reservation_lines l
-             WHERE l.order_id = res.order_id AND p.sku = l.sku
-         ), reply AS (
-             INSERT INTO inventory.outbox (message_id, topic, message_key, message_type, payload, headers)
-             SELECT $4, $5, $3::text, $6, $7, $8 FROM res
-             RETURNING 1
-         )
-         SELECT EXISTS (SELECT 1 FROM claim) AS fresh, EXISTS (SELECT 1 FROM res) AS changed,
-                EXISTS (SELECT 1 FROM reply) AS replied",
-    )
-    .await?;
-    Ok(match changed {
-        None => CommandOutcome::Duplicate,
-        Some(committed) => CommandOutcome::Committed { committed },
-    })
 }
 
 /// Releases reservations past their expiry (at most `limit`), replying `StockReleased` with

@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool, migrations, and one repository module per service schema.
 
 pub mod files;
+pub mod group;
 pub mod idempotency;
 pub mod inventory;
 pub mod messaging;
@@ -8,6 +9,7 @@ pub mod notifications;
 pub mod orders;
 pub mod payment;
 pub mod reserve;
+pub mod stock_commits;
 pub mod writer;
 
 use std::time::Duration;

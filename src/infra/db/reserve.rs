@@ -9,14 +9,14 @@
 //! never oversells: a command sees the stock that the commands before it in the group took.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use sqlx::{PgConnection, Row};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::DbError;
+use super::group::{GroupWork, Grouped};
 use super::inventory::{CommandContext, CommandOutcome};
 use super::messaging::{note_outbox, reply_columns};
 use super::writer::Writer;
@@ -26,24 +26,40 @@ use crate::domain::envelope::{
 use crate::domain::money::Currency;
 use crate::infra::outbox::OutboxRecord;
 
-struct Request {
-    ctx: CommandContext,
-    command: ReserveStock,
-    answer: oneshot::Sender<Result<CommandOutcome, DbError>>,
+/// Reservations as group work: the whole group is decided in [`reserve_all`].
+struct ReserveWork {
+    ttl: chrono::Duration,
+}
+
+impl GroupWork for ReserveWork {
+    type Item = (CommandContext, ReserveStock);
+    type Output = CommandOutcome;
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        items: &'c [Self::Item],
+    ) -> BoxFuture<'c, Result<Vec<CommandOutcome>, DbError>> {
+        Box::pin(reserve_all(conn, items, Utc::now() + self.ttl))
+    }
 }
 
 /// Hands reservations to the group task. Cheap to clone.
 #[derive(Clone)]
 pub struct Reservations {
-    requests: mpsc::Sender<Request>,
+    group: Grouped<ReserveWork>,
 }
 
 impl Reservations {
     /// Starts the group task on `writer`; it ends when the last clone is dropped.
     pub fn start(writer: Writer, ttl: chrono::Duration, group_max: usize) -> Self {
-        let (requests, rx) = mpsc::channel(group_max.max(1) * 8);
-        tokio::spawn(group_loop(writer, rx, ttl, group_max.max(1)));
-        Reservations { requests }
+        let group = Grouped::start(
+            "inventory reservations",
+            writer,
+            ReserveWork { ttl },
+            group_max,
+        );
+        Reservations { group }
     }
 
     /// Reserves every line of the order or none and replies `StockReserved` or
@@ -54,61 +70,7 @@ impl Reservations {
         ctx: &CommandContext,
         command: &ReserveStock,
     ) -> Result<CommandOutcome, DbError> {
-        let (answer, rx) = oneshot::channel();
-        let request = Request {
-            ctx: ctx.clone(),
-            command: command.clone(),
-            answer,
-        };
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| DbError::WriterStopped("inventory reservations"))?;
-        rx.await
-            .map_err(|_| DbError::WriterStopped("inventory reservations"))?
-    }
-}
-
-async fn group_loop(
-    writer: Writer,
-    mut rx: mpsc::Receiver<Request>,
-    ttl: chrono::Duration,
-    group_max: usize,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < group_max {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        let (commands, answers): (Vec<_>, Vec<_>) = group
-            .into_iter()
-            .map(|r| ((r.ctx, r.command), r.answer))
-            .unzip();
-        let commands = Arc::new(commands);
-        let job = commands.clone();
-        let outcome = writer
-            .run(move |conn| {
-                let commands = job.clone();
-                Box::pin(async move { reserve_all(conn, &commands, Utc::now() + ttl).await })
-            })
-            .await;
-        match outcome {
-            Ok(outcomes) => {
-                for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                    let _ = answer.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                // Every command of the group is retried by its partition bridge.
-                let text = e.to_string();
-                for answer in answers {
-                    let _ = answer.send(Err(DbError::BatchFailed(text.clone())));
-                }
-            }
-        }
+        self.group.submit((ctx.clone(), command.clone())).await
     }
 }
 

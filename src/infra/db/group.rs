@@ -1,0 +1,135 @@
+//! Set-based writes: requests that arrive while the previous group is being written are written
+//! together, as **one** job of a schema's writer with one statement per kind for the whole
+//! group, instead of one job (and its statements) each. Under load groups grow by themselves;
+//! an idle request is written at once.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::DbError;
+use super::writer::Writer;
+
+/// What a group writes.
+pub trait GroupWork: Send + Sync + 'static {
+    type Item: Send + Sync + 'static;
+    type Output: Send + 'static;
+
+    /// Writes the whole group inside the writer's transaction: one output per item, in order.
+    /// It may run more than once (the writer retries a failed batch job by job).
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        items: &'c [Self::Item],
+    ) -> BoxFuture<'c, Result<Vec<Self::Output>, DbError>>;
+
+    /// Whether `item` may join `group`; when not, it opens the next group.
+    fn fits(&self, _group: &[Self::Item], _item: &Self::Item) -> bool {
+        true
+    }
+}
+
+type Request<W> = (
+    <W as GroupWork>::Item,
+    oneshot::Sender<Result<<W as GroupWork>::Output, DbError>>,
+);
+
+/// Hands items to the group task. Cheap to clone.
+pub struct Grouped<W: GroupWork> {
+    name: &'static str,
+    requests: mpsc::Sender<Request<W>>,
+}
+
+impl<W: GroupWork> Clone for Grouped<W> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+impl<W: GroupWork> Grouped<W> {
+    /// Starts the group task on `writer`; it ends when the last clone is dropped.
+    pub fn start(name: &'static str, writer: Writer, work: W, group_max: usize) -> Self {
+        let group_max = group_max.max(1);
+        let (requests, rx) = mpsc::channel(group_max * 8);
+        tokio::spawn(group_loop(name, writer, Arc::new(work), rx, group_max));
+        Grouped { name, requests }
+    }
+
+    /// Writes `item` with the next group; its output once the group committed.
+    pub async fn submit(&self, item: W::Item) -> Result<W::Output, DbError> {
+        let (answer, rx) = oneshot::channel();
+        self.requests
+            .send((item, answer))
+            .await
+            .map_err(|_| DbError::WriterStopped(self.name))?;
+        rx.await.map_err(|_| DbError::WriterStopped(self.name))?
+    }
+}
+
+async fn group_loop<W: GroupWork>(
+    name: &'static str,
+    writer: Writer,
+    work: Arc<W>,
+    mut rx: mpsc::Receiver<Request<W>>,
+    group_max: usize,
+) {
+    let mut carried: Option<Request<W>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let (mut items, mut answers) = (vec![first.0], vec![first.1]);
+        while items.len() < group_max {
+            match rx.try_recv() {
+                Ok((item, answer)) if work.fits(&items, &item) => {
+                    items.push(item);
+                    answers.push(answer);
+                }
+                Ok(request) => {
+                    carried = Some(request);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!(crate::metrics::GROUP_ITEMS, "group" => name)
+            .record(items.len() as f64);
+        let items = Arc::new(items);
+        let job = (work.clone(), items.clone());
+        let outcome = writer
+            .run(move |conn| {
+                let (work, items) = job.clone();
+                Box::pin(async move { work.write(conn, &items).await })
+            })
+            .await;
+        match outcome {
+            Ok(outputs) if outputs.len() == answers.len() => {
+                for (answer, output) in answers.into_iter().zip(outputs) {
+                    let _ = answer.send(Ok(output));
+                }
+            }
+            Ok(outputs) => {
+                let text = format!("{} outputs for {} items", outputs.len(), answers.len());
+                for answer in answers {
+                    let _ = answer.send(Err(DbError::Corrupt(text.clone())));
+                }
+            }
+            Err(e) => {
+                // Every item of the group is retried by its partition bridge.
+                let text = e.to_string();
+                for answer in answers {
+                    let _ = answer.send(Err(DbError::BatchFailed(text.clone())));
+                }
+            }
+        }
+    }
+}
