@@ -272,3 +272,122 @@ async fn a_saga_killed_mid_flight_is_restarted_and_its_order_completes() {
     app.app.shutdown().await;
     env.cleanup().await;
 }
+
+/// The set-based write of a group of saga steps decides each step on its own: a fresh step
+/// applies (and only it writes journal and outbox rows), a step computed from an old version
+/// conflicts, a message handled before is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_steps_written_together_apply_conflict_or_repeat_each() {
+    use orderflow::domain::envelope::{Envelope, StockRejected};
+    use orderflow::domain::ids::OrderId;
+    use orderflow::domain::saga::{SagaState, SagaStatus};
+    use orderflow::infra::db::messaging::{OutboxMessage, Schema};
+    use orderflow::infra::db::orders::{SagaStep, SagaSteps, StepOutcome};
+    use orderflow::infra::db::writer::{WriterConfig, Writers};
+    use orderflow::infra::outbox::OutboxWakers;
+    use sqlx::Row;
+
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[Service::Api]).await;
+    let ids: Vec<String> =
+        futures::future::join_all((0..3).map(|_| order(&app, &[("X", 1)], "tok_visa"))).await;
+    let writers = Writers::start(
+        &env.pool,
+        OutboxWakers::default(),
+        None,
+        WriterConfig {
+            writers: 1,
+            batch_max: 16,
+        },
+    );
+    let steps = SagaSteps::start(writers.get(Schema::Orders).clone(), 16);
+    // The intake stored each saga at version 1 (RESERVING) with its OrderPlaced in the inbox.
+    let placed_id = |order: String| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query("SELECT message_id FROM orders.saga_journal WHERE order_id = $1::uuid")
+                .bind(order)
+                .fetch_one(&pool)
+                .await
+                .and_then(|r| r.try_get::<uuid::Uuid, _>(0))
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    let cancelled = SagaState {
+        status: SagaStatus::Cancelled,
+        ..SagaState::new()
+    };
+    let order_ids: Vec<uuid::Uuid> = ids
+        .iter()
+        .map(|i| uuid::Uuid::parse_str(i).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let announcement = Envelope::new(
+        OrderId::from_uuid(order_ids[0]),
+        &StockRejected { lines: Vec::new() },
+        chrono::Utc::now(),
+    );
+    let repeated = placed_id(ids[2].clone()).await;
+    let step = |order: uuid::Uuid, message_id: uuid::Uuid, version: i32| SagaStep {
+        consumer: "order-saga",
+        message_id,
+        message_type: "StockRejected",
+        order_id: order,
+        expected_version: Some(version),
+        from: SagaStatus::Reserving,
+        to: &cancelled,
+        deadline: None,
+        trace_id: None,
+        messages: if order == order_ids[0] {
+            vec![OutboxMessage {
+                topic: topics::ORDER_EVENTS,
+                envelope: &announcement,
+                traceparent: None,
+            }]
+        } else {
+            Vec::new()
+        },
+        order_update: None,
+    };
+    let (fresh, stale, again) = (
+        step(order_ids[0], uuid::Uuid::now_v7(), 1),
+        step(order_ids[1], uuid::Uuid::now_v7(), 7),
+        step(order_ids[2], repeated, 1),
+    );
+    let outcomes = futures::future::join_all([
+        steps.record(&fresh),
+        steps.record(&stale),
+        steps.record(&again),
+    ])
+    .await;
+    let outcomes: Vec<StepOutcome> = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            StepOutcome::Applied { version: 2 },
+            StepOutcome::Conflict,
+            StepOutcome::Duplicate
+        ]
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.saga_state WHERE status = 'CANCELLED'")
+            .await,
+        1
+    );
+    // Three OrderPlaced journal entries from the intake, one for the applied step.
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.saga_journal").await,
+        4
+    );
+    let announced: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders.outbox WHERE message_id = $1")
+            .bind(announcement.id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(announced, 1);
+    app.app.shutdown().await;
+    env.cleanup().await;
+}

@@ -13,6 +13,8 @@ use crate::actors::bridge::{HandleError, HandleResult, Record, Router, find_or_s
 use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::config::{Config, SagaConfig};
 use crate::domain::envelope::{Envelope, topics};
+use crate::infra::db::messaging::Schema;
+use crate::infra::db::orders::SagaSteps;
 use crate::infra::db::writer::Writers;
 
 /// The order service: consumes `order.events` and routes each to its order's saga.
@@ -25,12 +27,13 @@ pub fn service(
 ) -> ServiceArgs {
     let saga_config = Arc::new(config.saga.clone());
     let saga_instance = instance.clone();
+    let batch_max = config.database.batch_max;
     let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
         Arc::new(SagaRouter {
             instance: saga_instance.clone(),
             pool: pool.clone(),
             config: saga_config.clone(),
-            writers: writers.clone(),
+            steps: SagaSteps::start(writers.get(Schema::Orders).clone(), batch_max),
             supervisor,
         }) as Arc<dyn Router>
     });
@@ -54,7 +57,7 @@ pub struct SagaRouter {
     instance: String,
     pool: PgPool,
     config: Arc<SagaConfig>,
-    writers: Writers,
+    steps: SagaSteps,
     supervisor: ActorCell,
 }
 
@@ -68,7 +71,7 @@ impl SagaRouter {
             order_id,
             pool: self.pool.clone(),
             config: self.config.clone(),
-            writers: self.writers.clone(),
+            steps: self.steps.clone(),
         };
         find_or_spawn(
             Self::saga_name(&self.instance, order_id),

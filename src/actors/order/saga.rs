@@ -25,9 +25,8 @@ use crate::domain::order::DEFAULT_CARD_TOKEN;
 use crate::domain::saga::{
     self, Deadline, Outcome, SagaCommand, SagaEvent, SagaState, SagaStatus, Transition,
 };
-use crate::infra::db::messaging::{OutboxMessage, Schema};
-use crate::infra::db::orders::{self as repo, SagaStep, StepOutcome};
-use crate::infra::db::writer::Writers;
+use crate::infra::db::messaging::OutboxMessage;
+use crate::infra::db::orders::{self as repo, SagaStep, SagaSteps, StepOutcome};
 use crate::metrics as m;
 
 /// The inbox consumer name of the order saga.
@@ -46,7 +45,8 @@ pub struct SagaArgs {
     pub order_id: Uuid,
     pub pool: PgPool,
     pub config: Arc<SagaConfig>,
-    pub writers: Writers,
+    /// Where the saga's steps are written (in groups, on the orders writer).
+    pub steps: SagaSteps,
 }
 
 pub struct SagaActorState {
@@ -282,7 +282,7 @@ impl SagaActorState {
                 Outcome::Cancelled { reason } => (o.order_status(), Some(reason.as_str())),
             }),
         };
-        match repo::record_saga_step(self.args.writers.get(Schema::Orders), &step).await {
+        match self.args.steps.record(&step).await {
             Ok(StepOutcome::Applied { version }) => {
                 self.loaded = Some((transition.state.clone(), Some(version)));
                 tracing::debug!(

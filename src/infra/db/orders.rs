@@ -3,12 +3,16 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use futures::future::BoxFuture;
 
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
+use super::group::{GroupWork, Grouped};
 pub use super::messaging::OutboxMessage;
 use super::messaging::{OutboxColumns, Schema, note_outbox, write_outbox};
 use super::writer::Writer;
@@ -357,25 +361,206 @@ pub enum StepOutcome {
     Conflict,
 }
 
-/// Writes the inbox row, the saga's new state, its journal entry, its outbox messages and the
-/// order's status as **one statement** (data-modifying CTEs, atomic), in the next batch of the
-/// orders writer. Every write depends on the state update, which happens only if the message is
-/// new and the stored version is the one the transition was computed from.
-pub async fn record_saga_step(
-    writer: &Writer,
-    step: &SagaStep<'_>,
-) -> Result<StepOutcome, DbError> {
-    let write = Arc::new(SagaWrite::prepare(step)?);
-    writer
-        .run(move |conn| {
-            let write = write.clone();
-            Box::pin(async move { write.execute(conn).await })
+/// Saga steps as group work: the steps queued while the previous group was written are written
+/// together, one statement for all the steps of stored sagas ([`record_steps`]).
+pub struct StepWork;
+
+impl GroupWork for StepWork {
+    type Item = SagaWrite;
+    type Output = StepOutcome;
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        items: &'c [SagaWrite],
+    ) -> BoxFuture<'c, Result<Vec<StepOutcome>, DbError>> {
+        Box::pin(record_steps(conn, items))
+    }
+
+    /// One step per saga and group (a saga waits for its step anyway).
+    fn fits(&self, group: &[SagaWrite], item: &SagaWrite) -> bool {
+        group.iter().all(|w| w.order_id != item.order_id)
+    }
+}
+
+/// Hands saga steps to the group task. Cheap to clone.
+#[derive(Clone)]
+pub struct SagaSteps {
+    group: Grouped<StepWork>,
+}
+
+impl SagaSteps {
+    /// Starts the group task on the orders writer; it ends when the last clone is dropped.
+    pub fn start(writer: Writer, group_max: usize) -> Self {
+        SagaSteps {
+            group: Grouped::start("saga steps", writer, StepWork, group_max),
+        }
+    }
+
+    /// Writes the inbox row, the saga's new state, its journal entry, its outbox messages and
+    /// the order's status atomically, with the next group of steps. Every write depends on the
+    /// state update, which happens only if the message is new and the stored version is the one
+    /// the transition was computed from.
+    pub async fn record(&self, step: &SagaStep<'_>) -> Result<StepOutcome, DbError> {
+        self.group.submit(SagaWrite::prepare(step)?).await
+    }
+}
+
+/// Writes a group of steps: those of sagas not stored yet one by one ([`SagaWrite::execute`]),
+/// the others with one statement for the whole group.
+async fn record_steps(
+    conn: &mut PgConnection,
+    items: &[SagaWrite],
+) -> Result<Vec<StepOutcome>, DbError> {
+    let mut outcomes: Vec<Option<StepOutcome>> = vec![None; items.len()];
+    for (i, w) in items.iter().enumerate() {
+        if w.expected_version.is_none() {
+            outcomes[i] = Some(w.execute(conn).await?);
+        }
+    }
+    let stored: Vec<&SagaWrite> = items
+        .iter()
+        .filter(|w| w.expected_version.is_some())
+        .collect();
+    if !stored.is_empty() {
+        let answers = update_steps(conn, &stored).await?;
+        for (i, w) in items.iter().enumerate() {
+            if w.expected_version.is_some() {
+                outcomes[i] = answers.get(&w.order_id).copied();
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .zip(items)
+        .map(|(o, w)| {
+            o.ok_or_else(|| DbError::Corrupt(format!("no outcome for the step of {}", w.order_id)))
         })
-        .await
+        .collect()
+}
+
+/// One statement for the steps of stored sagas (at most one per saga): inbox check, versioned
+/// state update, and — for the steps that applied — inbox row, journal entry, outbox rows and
+/// the order's final status.
+async fn update_steps(
+    conn: &mut PgConnection,
+    steps: &[&SagaWrite],
+) -> Result<HashMap<Uuid, StepOutcome>, DbError> {
+    let col = |f: fn(&SagaWrite) -> Option<String>| steps.iter().map(|w| f(w)).collect::<Vec<_>>();
+    let orders: Vec<Uuid> = steps.iter().map(|w| w.order_id).collect();
+    let statuses: Vec<&str> = steps.iter().map(|w| w.status).collect();
+    let data: Vec<&serde_json::Value> = steps.iter().map(|w| &w.data).collect();
+    let deadlines: Vec<Option<DateTime<Utc>>> = steps.iter().map(|w| w.deadline).collect();
+    let expected: Vec<Option<i32>> = steps.iter().map(|w| w.expected_version).collect();
+    let consumers: Vec<&str> = steps.iter().map(|w| w.consumer.as_str()).collect();
+    let message_ids: Vec<Uuid> = steps.iter().map(|w| w.message_id).collect();
+    let message_types: Vec<&str> = steps.iter().map(|w| w.message_type.as_str()).collect();
+    let froms: Vec<&str> = steps.iter().map(|w| w.from).collect();
+    let trace_ids = col(|w| w.trace_id.clone());
+    let order_statuses = col(|w| w.order_status.map(str::to_owned));
+    let reasons = col(|w| w.cancel_reason.clone());
+    // The outbox rows of every step, each with its saga's order id.
+    let mut owners: Vec<Uuid> = Vec::new();
+    let mut outbox = OutboxColumns::default();
+    for w in steps {
+        let o = &w.outbox;
+        owners.extend(std::iter::repeat_n(w.order_id, o.ids.len()));
+        outbox.ids.extend_from_slice(&o.ids);
+        outbox.topics.extend_from_slice(&o.topics);
+        outbox.kinds.extend_from_slice(&o.kinds);
+        outbox.payloads.extend_from_slice(&o.payloads);
+        outbox.headers.extend_from_slice(&o.headers);
+    }
+    let rows = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[],
+                                  $5::int[], $6::text[], $7::uuid[], $8::text[], $9::text[],
+                                  $10::text[], $11::text[], $12::text[])
+               AS i(order_id, status, data, deadline, expected, consumer, message_id,
+                    message_type, from_status, trace_id, order_status, cancel_reason)
+         ), fresh AS (
+             SELECT i.* FROM input i
+             WHERE NOT EXISTS (SELECT 1 FROM orders.inbox b
+                               WHERE b.consumer = i.consumer AND b.message_id = i.message_id)
+         ), upd AS (
+             UPDATE orders.saga_state s
+             SET status = f.status, version = s.version + 1, data = f.data,
+                 deadline = f.deadline, timeout_sent = false, updated_at = now()
+             FROM fresh f
+             WHERE s.order_id = f.order_id AND s.version = f.expected
+             RETURNING s.order_id, s.version
+         ), done AS (
+             SELECT f.*, u.version AS new_version FROM fresh f JOIN upd u USING (order_id)
+         ), claim AS (
+             INSERT INTO orders.inbox (consumer, message_id)
+             SELECT consumer, message_id FROM done ON CONFLICT DO NOTHING
+         ), journal AS (
+             INSERT INTO orders.saga_journal
+               (order_id, message_id, message_type, from_status, to_status, trace_id)
+             SELECT order_id, message_id, message_type, from_status, status, trace_id FROM done
+         ), outbox AS (
+             INSERT INTO orders.outbox
+               (message_id, topic, message_key, message_type, payload, headers)
+             SELECT m.id, m.topic, m.owner::text, m.kind, m.payload, m.headers
+             FROM UNNEST($13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::bytea[],
+                         $18::jsonb[]) WITH ORDINALITY AS m(owner, id, topic, kind, payload,
+                                                            headers, n)
+             WHERE m.owner IN (SELECT order_id FROM done)
+             ORDER BY m.n
+         ), finished AS (
+             UPDATE orders.orders o
+             SET status = d.order_status, cancel_reason = d.cancel_reason, updated_at = now()
+             FROM done d WHERE o.id = d.order_id AND d.order_status IS NOT NULL
+         )
+         SELECT i.order_id, d.new_version,
+                EXISTS (SELECT 1 FROM fresh f WHERE f.order_id = i.order_id) AS fresh
+         FROM input i LEFT JOIN done d USING (order_id)",
+    )
+    .bind(&orders)
+    .bind(&statuses)
+    .bind(&data)
+    .bind(&deadlines)
+    .bind(&expected)
+    .bind(&consumers)
+    .bind(&message_ids)
+    .bind(&message_types)
+    .bind(&froms)
+    .bind(&trace_ids)
+    .bind(&order_statuses)
+    .bind(&reasons)
+    .bind(&owners)
+    .bind(&outbox.ids)
+    .bind(&outbox.topics)
+    .bind(&outbox.kinds)
+    .bind(&outbox.payloads)
+    .bind(&outbox.headers)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut answers = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let order: Uuid = r.try_get("order_id")?;
+        let version: Option<i32> = r.try_get("new_version")?;
+        let fresh: bool = r.try_get("fresh")?;
+        answers.insert(
+            order,
+            match (version, fresh) {
+                (Some(version), _) => StepOutcome::Applied { version },
+                (None, false) => StepOutcome::Duplicate,
+                (None, true) => StepOutcome::Conflict,
+            },
+        );
+    }
+    // The outbox rows were written exactly for the steps that applied, in the group's order.
+    for w in steps {
+        if matches!(answers.get(&w.order_id), Some(StepOutcome::Applied { .. })) {
+            note_outbox(w.outbox.records(&w.order_id.to_string()));
+        }
+    }
+    Ok(answers)
 }
 
 /// A saga step's bind parameters, encoded once (a batch may run its statement twice).
-struct SagaWrite {
+pub struct SagaWrite {
     order_id: Uuid,
     status: &'static str,
     data: serde_json::Value,
@@ -411,6 +596,7 @@ impl SagaWrite {
         })
     }
 
+    /// One step alone, as one statement (also the first step of a saga not stored yet).
     async fn execute(&self, conn: &mut PgConnection) -> Result<StepOutcome, DbError> {
         let o = &self.outbox;
         let row = sqlx::query(
