@@ -68,7 +68,7 @@ pub async fn record<P: Payload>(
         ),
     ));
     writer
-        .run(move |conn| {
+        .run_one(move |conn| {
             let binds = binds.clone();
             Box::pin(async move {
                 let (cause, doc, reply) = &*binds;

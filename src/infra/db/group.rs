@@ -25,6 +25,12 @@ pub trait GroupWork: Send + Sync + 'static {
         items: &'c [Self::Item],
     ) -> BoxFuture<'c, Result<Vec<Self::Output>, DbError>>;
 
+    /// Whether [`GroupWork::write`] runs exactly one statement for these items (see
+    /// `Writer::run_one`).
+    fn single_statement(&self, _items: &[Self::Item]) -> bool {
+        false
+    }
+
     /// Whether `item` may join `group`; when not, it opens the next group.
     fn fits(&self, _group: &[Self::Item], _item: &Self::Item) -> bool {
         true
@@ -104,9 +110,10 @@ async fn group_loop<W: GroupWork>(
         metrics::histogram!(crate::metrics::GROUP_ITEMS, "group" => name)
             .record(items.len() as f64);
         let items = Arc::new(items);
+        let single = work.single_statement(&items);
         let job = (work.clone(), items.clone());
         let outcome = writer
-            .run(move |conn| {
+            .run_with(single, move |conn| {
                 let (work, items) = job.clone();
                 Box::pin(async move { work.write(conn, &items).await })
             })

@@ -216,7 +216,7 @@ async fn claim_change_reply<P: Payload>(
         reply_columns(ctx.order_id, reply, ctx.traceparent.as_deref()),
     ));
     writer
-        .run(move |conn| {
+        .run_one(move |conn| {
             let binds = binds.clone();
             Box::pin(async move {
                 let (ctx, reply) = &*binds;

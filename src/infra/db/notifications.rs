@@ -18,7 +18,7 @@ pub async fn remember_recipient(
     email: Option<String>,
 ) -> Result<(), DbError> {
     writer
-        .run(move |conn: &mut PgConnection| {
+        .run_one(move |conn: &mut PgConnection| {
             let (customer_id, email) = (customer_id.clone(), email.clone());
             Box::pin(async move {
                 sqlx::query(
@@ -106,7 +106,7 @@ pub struct Attempt {
 /// later ones (after failures) update it. A row already SENT or SKIPPED is never changed.
 pub async fn log(writer: &Writer, attempt: Attempt) -> Result<(), DbError> {
     writer
-        .run(move |conn: &mut PgConnection| {
+        .run_one(move |conn: &mut PgConnection| {
             let a = attempt.clone();
             Box::pin(async move { log_on(conn, &a).await })
         })

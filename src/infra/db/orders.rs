@@ -125,8 +125,9 @@ pub async fn insert_order(
         outbox: OutboxColumns::new(messages),
         finish,
     });
+    // Without an idempotency key the intake is one statement.
     writer
-        .run(move |conn| {
+        .run_with(idempotency_key.is_none(), move |conn| {
             let w = write.clone();
             Box::pin(async move { w.execute(conn).await })
         })
@@ -375,6 +376,11 @@ impl GroupWork for StepWork {
         items: &'c [SagaWrite],
     ) -> BoxFuture<'c, Result<Vec<StepOutcome>, DbError>> {
         Box::pin(record_steps(conn, items))
+    }
+
+    /// Steps of stored sagas are one statement for the whole group.
+    fn single_statement(&self, items: &[SagaWrite]) -> bool {
+        items.iter().all(|w| w.expected_version.is_some())
     }
 
     /// One step per saga and group (a saga waits for its step anyway).

@@ -113,7 +113,7 @@ pub async fn record_decision<P: Payload>(
         reply: reply_columns(payment.order_id, answer, h.traceparent.as_deref()),
     });
     writer
-        .run(move |conn| {
+        .run_one(move |conn| {
             let w = w.clone();
             Box::pin(async move {
                 let (id, kind, payload, headers) = &w.reply;
@@ -177,7 +177,7 @@ pub async fn record_refund<P: Payload>(
         reply_columns(order_id, answer, h.traceparent.as_deref()),
     ));
     writer
-        .run(move |conn| {
+        .run_one(move |conn| {
             let w = w.clone();
             Box::pin(async move {
                 let (consumer, message_id, order, reply) = &*w;

@@ -40,6 +40,10 @@ impl GroupWork for CommitWork {
         Box::pin(commit_all(conn, items))
     }
 
+    fn single_statement(&self, _items: &[Commit]) -> bool {
+        true
+    }
+
     fn fits(&self, group: &[Commit], item: &Commit) -> bool {
         group.iter().all(|c| c.ctx.order_id != item.ctx.order_id)
     }

@@ -11,6 +11,11 @@
 //! right after it ([`CommitPublisher`]); without a publisher (or while it is paused by a
 //! failure) the schema's outbox relay is woken once per batch instead.
 //!
+//! A job that runs exactly one statement is submitted with [`Writer::run_one`]: alone in its
+//! batch (the common case below saturation) it runs as that statement's own transaction, one
+//! round trip instead of three (BEGIN, statement, COMMIT); with others it joins the batch's
+//! transaction like any job.
+//!
 //! A job is all-or-nothing within the batch: when one fails, the batch is rolled back and each
 //! of its jobs runs again alone, so one bad message never fails the others. A job may therefore
 //! run more than once before it commits, and must build everything it writes inside its closure.
@@ -32,12 +37,16 @@ pub type JobFn<T> =
 
 trait Job: Send {
     fn run<'c>(&'c mut self, conn: &'c mut PgConnection) -> BoxFuture<'c, Result<(), DbError>>;
+    /// The job runs exactly one statement (atomic by itself): alone in a batch it needs no
+    /// BEGIN and COMMIT of its own.
+    fn single_statement(&self) -> bool;
     /// Answers the submitter: the job's output when the batch committed, else the error.
     fn answer(self: Box<Self>, committed: Result<(), DbError>);
 }
 
 struct TypedJob<T> {
     f: Box<JobFn<T>>,
+    single_statement: bool,
     output: Option<T>,
     reply: oneshot::Sender<Result<T, DbError>>,
 }
@@ -49,6 +58,10 @@ impl<T: Send + 'static> Job for TypedJob<T> {
             self.output = Some(out);
             Ok(())
         })
+    }
+
+    fn single_statement(&self) -> bool {
+        self.single_statement
     }
 
     fn answer(self: Box<Self>, committed: Result<(), DbError>) {
@@ -77,9 +90,37 @@ impl Writer {
             + Sync
             + 'static,
     {
+        self.run_with(false, f).await
+    }
+
+    /// Like [`Writer::run`], for a job whose `f` runs **exactly one statement**: when it is
+    /// alone in its batch it runs as that statement's own transaction (one round trip instead
+    /// of BEGIN, statement, COMMIT). A job with a second statement must use `run`, or a failure
+    /// between its statements would leave the first one committed.
+    pub async fn run_one<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, DbError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.run_with(true, f).await
+    }
+
+    /// [`Writer::run_one`] when `single_statement`, else [`Writer::run`].
+    pub async fn run_with<T, F>(&self, single_statement: bool, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, DbError>>
+            + Send
+            + Sync
+            + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(TypedJob {
             f: Box::new(f),
+            single_statement,
             output: None,
             reply,
         });
@@ -251,6 +292,17 @@ async fn write_loop(
                 p.committed(records, attempt.direct);
             }
         };
+        if let [job] = batch.as_mut_slice()
+            && job.single_statement()
+        {
+            let result = attempt.single(job.as_mut()).await.map(&committed);
+            if let Some(job) = batch.pop() {
+                job.answer(result);
+            }
+            metrics::histogram!(m::WRITER_BATCH_SECONDS, "schema" => name)
+                .record(started.elapsed().as_secs_f64());
+            continue;
+        }
         match attempt.batch(&mut batch).await {
             Ok(records) => {
                 committed(records);
@@ -348,6 +400,13 @@ impl Attempt<'_> {
             .await
             .map_err(|e| BatchError::Commit(e.into()))?;
         Ok(records)
+    }
+
+    /// A single-statement job alone: its statement is its own transaction (autocommit), so an
+    /// error leaves nothing behind and success is committed.
+    async fn single(&self, job: &mut (dyn Job + 'static)) -> Result<Vec<OutboxRecord>, DbError> {
+        let mut conn = self.pool.acquire().await?;
+        self.run_jobs(&mut conn, &mut [job]).await
     }
 
     async fn alone(&self, job: &mut (dyn Job + 'static)) -> Result<Vec<OutboxRecord>, DbError> {
