@@ -371,15 +371,7 @@ async fn health_and_metrics_reflect_the_running_system() {
         1
     );
     let text = eventually(WAIT, "the order service consumes the order", || async {
-        let text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = app.metrics().await;
         text.contains("orderflow_bridge_records_total{")
             .then_some(text)
     })

@@ -96,23 +96,13 @@ async fn revoked_partitions_drain_before_they_move_and_nothing_is_handled_twice(
     .await;
 
     // Nothing the first process had in flight was handed to the second one again.
-    let metrics = a
-        .http
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = a.metrics().await;
     let handled = |outcome: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("orderflow_bridge_records_total{"))
-            .filter(|l| l.contains("service=\"payment\""))
-            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        support::metric_sum(
+            &metrics,
+            "orderflow_bridge_records_total",
+            &["service=\"payment\"", &format!("outcome=\"{outcome}\"")],
+        )
     };
     assert_eq!(
         handled("applied"),

@@ -147,20 +147,11 @@ async fn backpressure_pauses_partitions_and_loses_nothing() {
         },
     )
     .await;
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
-    let pauses: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("orderflow_bridge_partition_pauses_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let pauses = support::metric_sum(
+        &app.metrics().await,
+        "orderflow_bridge_partition_pauses_total",
+        &[],
+    );
     assert!(pauses > 0.0, "no partition was paused");
     app.app.shutdown().await;
     env.cleanup().await;

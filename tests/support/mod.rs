@@ -202,6 +202,18 @@ impl TestApp {
         v["order_id"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// The process's Prometheus metrics (`/metrics`) as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     /// `GET path` as JSON (`Null` when the body is not JSON).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.http
@@ -490,6 +502,19 @@ fn capture_logs() {
             .with_ansi(false)
             .try_init();
     });
+}
+
+/// The sum of the samples of metric `name` whose labels contain every one of `labels`
+/// (`key="value"`) in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// An `orderflow serve` child process, for tests that kill whole processes.
