@@ -7,9 +7,9 @@
 //! itself (jobs queue while the previous batch commits); when idle a job runs at once, so there
 //! is no timer to wait for. A commit (and its WAL flush) is shared by the whole batch. The
 //! outbox rows the batch wrote (noted by its jobs as their statements report them written, so
-//! nothing is read back) are handed to the Kafka producer
-//! right after it ([`CommitPublisher`]); without a publisher (or while it is paused by a
-//! failure) the schema's outbox relay is woken once per batch instead.
+//! nothing is read back) are handed to the Kafka producer right after it
+//! ([`CommitPublisher`]); without a publisher (or while it is paused by a failure) the
+//! schema's outbox relay is woken once per batch instead.
 //!
 //! A job that runs exactly one statement is submitted with [`Writer::run_one`]: alone in its
 //! batch (the common case below saturation) it runs as that statement's own transaction, one
