@@ -181,6 +181,9 @@ async fn a_confirmed_order_gets_one_invoice_pdf_in_s3_with_a_verified_download_l
         1
     );
     assert_eq!(env.count("SELECT count(*) FROM files.outbox").await, 0);
+    // Exactly the two announcements: nothing for the copies.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(support::topic_size(&env.config, topics::FILE_EVENTS), 2);
     let again = app
         .http
         .get(&inline)

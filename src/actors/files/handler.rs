@@ -20,7 +20,7 @@ use crate::domain::envelope::{
     Envelope, InvoiceStored, OrderConfirmed, PaymentAuthorized, ReceiptStored, StoredDocument,
 };
 use crate::infra::circuit::CircuitBreaker;
-use crate::infra::db::files::{self as repo, Cause, Document};
+use crate::infra::db::files::{self as repo, Cause, Document, Records};
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::writer::Writers;
 use crate::infra::s3;
@@ -48,7 +48,7 @@ pub struct FileHandler {
     bucket: String,
     seller: String,
     vat_percent: u32,
-    writers: Writers,
+    records: Records,
 }
 
 impl FileHandler {
@@ -66,7 +66,10 @@ impl FileHandler {
             bucket: config.s3.bucket.clone(),
             seller: config.files.seller.clone(),
             vat_percent: config.files.vat_percent,
-            writers,
+            records: Records::start(
+                writers.get(Schema::Files).clone(),
+                config.database.batch_max,
+            ),
         }
     }
 }
@@ -126,14 +129,11 @@ impl FileHandler {
             traceparent,
         };
         let announcement = announce(record.stored());
-        let stored = repo::record(
-            self.writers.get(Schema::Files),
-            &cause,
-            &record,
-            &announcement,
-        )
-        .await
-        .map_err(|e| HandleError::Transient(e.to_string()))?;
+        let stored = self
+            .records
+            .record(&cause, &record, &announcement)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
         if stored {
             tracing::info!(order_id = %order_id, kind = doc.kind, key = %record.object_key, bytes = record.size_bytes, "document stored");
             Ok(Handled::Applied)

@@ -1,14 +1,14 @@
 //! The file service's SQL: the stored documents of each order, recorded with the inbox row of
 //! the message that caused them and their `InvoiceStored` announcement.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
+use super::group::{GroupWork, Grouped};
 use super::messaging::{note_outbox, reply_columns, reply_record};
 use super::writer::Writer;
 use crate::domain::envelope::{Payload, StoredDocument, topics};
@@ -49,73 +49,166 @@ impl Document {
     }
 }
 
-/// Records a stored document and its `announcement`, in the next batch of the files writer.
-/// False when the message was handled before or the order already has a document of this kind
-/// (nothing is written or announced then).
-pub async fn record<P: Payload>(
-    writer: &Writer,
-    cause: &Cause,
-    doc: &Document,
-    announcement: &P,
-) -> Result<bool, DbError> {
-    let binds = Arc::new((
-        cause.clone(),
-        doc.clone(),
-        reply_columns(
+/// One document to record, with the message that caused it and its announcement (encoded
+/// once: the job may run more than once).
+pub struct Record {
+    cause: Cause,
+    doc: Document,
+    reply: (Uuid, String, Vec<u8>, serde_json::Value),
+}
+
+/// Document records as group work: one statement for the whole group.
+pub struct RecordWork;
+
+impl GroupWork for RecordWork {
+    type Item = Record;
+    type Output = bool;
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        items: &'c [Record],
+    ) -> BoxFuture<'c, Result<Vec<bool>, DbError>> {
+        Box::pin(record_all(conn, items))
+    }
+
+    fn single_statement(&self, _items: &[Record]) -> bool {
+        true
+    }
+
+    /// One record per message and per document in a group, so each is decided on its own.
+    fn fits(&self, group: &[Record], item: &Record) -> bool {
+        group.iter().all(|r| {
+            r.cause.message_id != item.cause.message_id
+                && (r.doc.order_id, &r.doc.kind) != (item.doc.order_id, &item.doc.kind)
+        })
+    }
+}
+
+/// Hands document records to the group task. Cheap to clone.
+#[derive(Clone)]
+pub struct Records {
+    group: Grouped<RecordWork>,
+}
+
+impl Records {
+    /// Starts the group task on the files writer; it ends when the last clone is dropped.
+    pub fn start(writer: Writer, group_max: usize) -> Self {
+        Records {
+            group: Grouped::start("file records", writer, RecordWork, group_max),
+        }
+    }
+
+    /// Records a stored document and its `announcement` with the next group. False when the
+    /// message was handled before or the order already has a document of this kind (nothing
+    /// is written or announced then).
+    pub async fn record<P: Payload>(
+        &self,
+        cause: &Cause,
+        doc: &Document,
+        announcement: &P,
+    ) -> Result<bool, DbError> {
+        let reply = reply_columns(
             OrderId::from_uuid(doc.order_id),
             announcement,
             cause.traceparent.as_deref(),
-        ),
-    ));
-    writer
-        .run_one(move |conn| {
-            let binds = binds.clone();
-            Box::pin(async move {
-                let (cause, doc, reply) = &*binds;
-                let (id, kind, payload, headers) = reply;
-                let row = sqlx::query(
-                    "WITH claim AS (
-                         INSERT INTO files.inbox (consumer, message_id) VALUES ($1, $2)
-                         ON CONFLICT DO NOTHING RETURNING 1
-                     ), doc AS (
-                         INSERT INTO files.documents (order_id, kind, bucket, object_key,
-                             size_bytes, sha256, content_type, customer_id)
-                         SELECT $3, $4, $5, $6, $7, $8, $9, $10 FROM claim
-                         ON CONFLICT (order_id, kind) DO NOTHING
-                         RETURNING 1
-                     ), announce AS (
-                         INSERT INTO files.outbox
-                           (message_id, topic, message_key, message_type, payload, headers)
-                         SELECT $11, $12, $3::text, $13, $14, $15 FROM doc
-                     )
-                     SELECT EXISTS (SELECT 1 FROM doc) AS stored",
-                )
-                .bind(cause.consumer)
-                .bind(cause.message_id)
-                .bind(doc.order_id)
-                .bind(&doc.kind)
-                .bind(&doc.bucket)
-                .bind(&doc.object_key)
-                .bind(doc.size_bytes)
-                .bind(&doc.sha256)
-                .bind(&doc.content_type)
-                .bind(doc.customer_id.as_deref())
-                .bind(id)
-                .bind(topics::FILE_EVENTS)
-                .bind(kind)
-                .bind(payload)
-                .bind(headers)
-                .fetch_one(conn)
-                .await?;
-                let stored: bool = row.try_get("stored")?;
-                if stored {
-                    // The announcement is written exactly when the document is (`FROM doc`).
-                    note_outbox([reply_record(topics::FILE_EVENTS, doc.order_id, reply)]);
-                }
-                Ok(stored)
+        );
+        self.group
+            .submit(Record {
+                cause: cause.clone(),
+                doc: doc.clone(),
+                reply,
+            })
+            .await
+    }
+}
+
+/// One statement for a group: inbox claims, documents (one per order and kind), and an
+/// announcement for each document written; per record whether it was stored.
+async fn record_all(conn: &mut PgConnection, items: &[Record]) -> Result<Vec<bool>, DbError> {
+    let consumers: Vec<&str> = items.iter().map(|r| r.cause.consumer).collect();
+    let message_ids: Vec<Uuid> = items.iter().map(|r| r.cause.message_id).collect();
+    let orders: Vec<Uuid> = items.iter().map(|r| r.doc.order_id).collect();
+    let kinds: Vec<&str> = items.iter().map(|r| r.doc.kind.as_str()).collect();
+    let buckets: Vec<&str> = items.iter().map(|r| r.doc.bucket.as_str()).collect();
+    let keys: Vec<&str> = items.iter().map(|r| r.doc.object_key.as_str()).collect();
+    let sizes: Vec<i64> = items.iter().map(|r| r.doc.size_bytes).collect();
+    let digests: Vec<&str> = items.iter().map(|r| r.doc.sha256.as_str()).collect();
+    let types: Vec<&str> = items.iter().map(|r| r.doc.content_type.as_str()).collect();
+    let customers: Vec<Option<&str>> = items.iter().map(|r| r.doc.customer_id.as_deref()).collect();
+    let reply_ids: Vec<Uuid> = items.iter().map(|r| r.reply.0).collect();
+    let reply_kinds: Vec<&str> = items.iter().map(|r| r.reply.1.as_str()).collect();
+    let payloads: Vec<&[u8]> = items.iter().map(|r| r.reply.2.as_slice()).collect();
+    let headers: Vec<&serde_json::Value> = items.iter().map(|r| &r.reply.3).collect();
+    let rows = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                                  $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                                  $11::uuid[], $12::text[], $13::bytea[], $14::jsonb[])
+               AS i(consumer, message_id, order_id, kind, bucket, object_key, size_bytes,
+                    sha256, content_type, customer_id, reply_id, reply_kind, payload, headers)
+         ), claim AS (
+             INSERT INTO files.inbox (consumer, message_id)
+             SELECT consumer, message_id FROM input
+             ON CONFLICT DO NOTHING RETURNING message_id
+         ), doc AS (
+             INSERT INTO files.documents (order_id, kind, bucket, object_key, size_bytes, sha256,
+                                          content_type, customer_id)
+             SELECT i.order_id, i.kind, i.bucket, i.object_key, i.size_bytes, i.sha256,
+                    i.content_type, i.customer_id
+             FROM input i JOIN claim c ON c.message_id = i.message_id
+             ON CONFLICT (order_id, kind) DO NOTHING
+             RETURNING order_id, kind
+         ), announce AS (
+             INSERT INTO files.outbox
+               (message_id, topic, message_key, message_type, payload, headers)
+             SELECT i.reply_id, $15, i.order_id::text, i.reply_kind, i.payload, i.headers
+             FROM input i JOIN doc d ON d.order_id = i.order_id AND d.kind = i.kind
+         )
+         SELECT i.reply_id,
+                EXISTS (SELECT 1 FROM doc d WHERE d.order_id = i.order_id AND d.kind = i.kind)
+                  AS stored
+         FROM input i",
+    )
+    .bind(&consumers)
+    .bind(&message_ids)
+    .bind(&orders)
+    .bind(&kinds)
+    .bind(&buckets)
+    .bind(&keys)
+    .bind(&sizes)
+    .bind(&digests)
+    .bind(&types)
+    .bind(&customers)
+    .bind(&reply_ids)
+    .bind(&reply_kinds)
+    .bind(&payloads)
+    .bind(&headers)
+    .bind(topics::FILE_EVENTS)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        stored.insert(
+            r.try_get::<Uuid, _>("reply_id")?,
+            r.try_get::<bool, _>("stored")?,
+        );
+    }
+    // The announcement is written exactly when its document is.
+    note_outbox(
+        items
+            .iter()
+            .filter(|r| stored.get(&r.reply.0) == Some(&true))
+            .map(|r| reply_record(topics::FILE_EVENTS, r.doc.order_id, &r.reply)),
+    );
+    items
+        .iter()
+        .map(|r| {
+            stored.get(&r.reply.0).copied().ok_or_else(|| {
+                DbError::Corrupt(format!("no outcome for the document of {}", r.doc.order_id))
             })
         })
-        .await
+        .collect()
 }
 
 /// Every document stored for the order, oldest first.
