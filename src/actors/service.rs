@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -61,6 +62,8 @@ pub struct ServiceState {
     router: Arc<dyn Router>,
     bridges: HashMap<(String, i32), ActorRef<BridgeMsg>>,
     stop: watch::Sender<bool>,
+    /// Tells the consumer's revoke callback that this service answers no more revokes.
+    stopping: Arc<AtomicBool>,
     consume_task: Option<JoinHandle<()>>,
 }
 
@@ -68,6 +71,7 @@ pub struct ServiceState {
 /// go with it, so a restarted service never shares the group with a leftover consumer.
 impl Drop for ServiceState {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         if let Some(task) = self.consume_task.take() {
             task.abort();
@@ -93,10 +97,12 @@ impl Actor for ServiceSupervisor {
         // A revoke waits for the drain and then for the commit.
         let revoke_wait =
             Duration::from_millis(args.config.bridge.drain_timeout_ms) + COMMIT_DEADLINE;
+        let stopping = Arc::new(AtomicBool::new(false));
         let (consumer, events) = kafka::consumer(
             &args.config.kafka,
             &args.config.group(args.name),
             revoke_wait,
+            stopping.clone(),
         )?;
         consumer.subscribe(&names)?;
         let consumer = Arc::new(consumer);
@@ -114,6 +120,7 @@ impl Actor for ServiceSupervisor {
             router,
             bridges: HashMap::new(),
             stop,
+            stopping,
             consume_task: Some(consume_task),
         })
     }
@@ -285,6 +292,10 @@ impl ServiceState {
     }
 
     async fn shutdown(&mut self, myself: &ActorRef<ServiceMsg>) {
+        // A revoke from now on (another rebalance, or the consumer's close when the last
+        // bridge holding it stops) must not wait for this service: it is busy stopping, and
+        // drains and commits all its partitions itself.
+        self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         if let Some(task) = self.consume_task.take() {
             let _ = task.await;

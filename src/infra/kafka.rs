@@ -1,6 +1,8 @@
 //! Kafka: the idempotent producer, consumer configuration with rebalance notifications, topic
 //! provisioning and a metadata probe for readiness.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -65,6 +67,9 @@ pub struct BridgeContext {
     events: mpsc::UnboundedSender<RebalanceEvent>,
     /// How long a revoke waits for the owner.
     revoke_wait: Duration,
+    /// Set by the owner once it stops: it drained already and answers no more revokes (the
+    /// consumer's close revokes everything, possibly from one of the owner's own children).
+    owner_stopping: Arc<AtomicBool>,
 }
 
 impl BridgeContext {
@@ -74,13 +79,24 @@ impl BridgeContext {
     fn wait_for_owner(&self, done: std::sync::mpsc::Receiver<()>) {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_thread {
+        if !multi_thread || self.owner_stopping.load(Ordering::SeqCst) {
             return;
         }
-        let answered = tokio::task::block_in_place(|| done.recv_timeout(self.revoke_wait));
+        let started = std::time::Instant::now();
+        // In short steps, so an owner that starts stopping meanwhile releases the wait.
+        let answered = tokio::task::block_in_place(|| {
+            loop {
+                match done.recv_timeout(Duration::from_millis(50)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                        if started.elapsed() < self.revoke_wait
+                            && !self.owner_stopping.load(Ordering::SeqCst) => {}
+                    other => return other,
+                }
+            }
+        });
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = answered {
             tracing::warn!(
-                waited = ?self.revoke_wait,
+                waited = ?started.elapsed(),
                 "partitions revoked before their in-flight records finished"
             );
         }
@@ -133,6 +149,7 @@ pub fn consumer(
     config: &KafkaConfig,
     group: &str,
     revoke_wait: Duration,
+    owner_stopping: Arc<AtomicBool>,
 ) -> Result<(BridgeConsumer, mpsc::UnboundedReceiver<RebalanceEvent>), KafkaAdapterError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let consumer = base_config(config)
@@ -152,6 +169,7 @@ pub fn consumer(
         .create_with_context(BridgeContext {
             events: tx,
             revoke_wait,
+            owner_stopping,
         })?;
     Ok((consumer, rx))
 }
