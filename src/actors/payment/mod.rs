@@ -1,5 +1,5 @@
 //! The payment service: keyed workers handle `AuthorizePayment` and `RefundPayment` through a
-//! [`PaymentProvider`](crate::infra::payment_provider::PaymentProvider).
+//! `PaymentProvider` (`infra::payment_provider`).
 
 pub mod handler;
 

@@ -350,7 +350,7 @@ pub struct SagaStep<'a> {
     pub order_update: Option<(OrderStatus, Option<&'a str>)>,
 }
 
-/// What happened to a transition handed to [`record_saga_step`].
+/// What happened to a transition handed to [`SagaSteps::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
     Applied {
@@ -363,7 +363,7 @@ pub enum StepOutcome {
 }
 
 /// Saga steps as group work: the steps queued while the previous group was written are written
-/// together, one statement for all the steps of stored sagas ([`record_steps`]).
+/// together, one statement for all the steps of stored sagas (`record_steps`).
 pub struct StepWork;
 
 impl GroupWork for StepWork {
