@@ -24,14 +24,7 @@ async fn create(app: &TestApp, sku: &str, price: i64, on_hand: i64) {
 }
 
 async fn product(app: &TestApp, sku: &str) -> Value {
-    app.http
-        .get(app.url(&format!("/v1/products/{sku}")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default()
+    app.get_json(&format!("/v1/products/{sku}")).await
 }
 
 fn reserve(order: OrderId, lines: &[(&str, u32)]) -> Envelope {

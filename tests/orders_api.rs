@@ -220,15 +220,7 @@ async fn malformed_order_requests_get_problem_json_and_store_and_publish_nothing
     assert_eq!(resp.status().as_u16(), 405);
 
     // Every problem type resolves to its documentation.
-    let doc: Value = app
-        .http
-        .get(app.url("/problems/invalid_quantity"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default();
+    let doc = app.get_json("/problems/invalid_quantity").await;
     assert!(
         doc["description"]
             .as_str()

@@ -83,15 +83,7 @@ async fn the_card_network_approves_declines_and_limits_by_its_rules() {
                 "{token} {amount}"
             );
         }
-        let payment: Value = app
-            .http
-            .get(app.url(&format!("/v1/orders/{order}/payment")))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .json()
-            .await
-            .unwrap_or_default();
+        let payment = app.get_json(&format!("/v1/orders/{order}/payment")).await;
         let status = if *kind == "PaymentAuthorized" {
             "AUTHORIZED"
         } else {

@@ -49,21 +49,10 @@ async fn order(app: &TestApp, lines: &[(&str, u32)], card: &str) -> String {
     v["order_id"].as_str().unwrap_or_default().to_owned()
 }
 
-async fn get(app: &TestApp, path: &str) -> Value {
-    app.http
-        .get(app.url(path))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_default()
-}
-
 /// Waits for the order's terminal status and returns the order.
 async fn ended(app: &TestApp, id: &str) -> Value {
     eventually(WAIT, &format!("order {id} ends"), || async {
-        let o = get(app, &format!("/v1/orders/{id}")).await;
+        let o = app.get_json(&format!("/v1/orders/{id}")).await;
         (o["status"] != "PENDING").then_some(o)
     })
     .await
@@ -88,11 +77,11 @@ async fn happy_path_confirms_sells_the_stock_and_keeps_the_payment() {
     let id = order(&app, &[("BOOK", 1), ("MUG", 2)], "tok_visa").await;
     let o = ended(&app, &id).await;
     assert_eq!(o["status"], "CONFIRMED");
-    let payment = get(&app, &format!("/v1/orders/{id}/payment")).await;
+    let payment = app.get_json(&format!("/v1/orders/{id}/payment")).await;
     assert_eq!(payment["status"], "AUTHORIZED");
     assert_eq!(payment["amount_minor"], 3_990 + 2 * 1_250);
     eventually(WAIT, "the stock is sold", || async {
-        let b = get(&app, "/v1/products/BOOK").await;
+        let b = app.get_json("/v1/products/BOOK").await;
         (b["on_hand"] == 9 && b["reserved"] == 0).then_some(())
     })
     .await;
@@ -156,7 +145,7 @@ async fn out_of_stock_cancels_without_charging() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.status().as_u16(), 404, "no payment was attempted");
-    assert_eq!(get(&app, "/v1/products/PLENTY").await["reserved"], 0);
+    assert_eq!(app.get_json("/v1/products/PLENTY").await["reserved"], 0);
     clean(&env, &[("RARE".into(), 1), ("PLENTY".into(), 100)].into()).await;
     app.app.shutdown().await;
     env.cleanup().await;
@@ -172,10 +161,10 @@ async fn declined_payment_releases_the_stock_and_cancels() {
     assert_eq!(o["status"], "CANCELLED");
     assert_eq!(o["cancel_reason"], "payment_declined: card_declined");
     assert_eq!(
-        get(&app, &format!("/v1/orders/{id}/payment")).await["status"],
+        app.get_json(&format!("/v1/orders/{id}/payment")).await["status"],
         "DECLINED"
     );
-    let g = get(&app, "/v1/products/GADGET").await;
+    let g = app.get_json("/v1/products/GADGET").await;
     assert_eq!(
         (g["on_hand"].as_i64(), g["reserved"].as_i64()),
         (Some(3), Some(0))
@@ -196,7 +185,8 @@ async fn payment_timeout_releases_stock_and_refunds_the_late_authorization() {
     assert_eq!(o["cancel_reason"], "payment_timeout");
     // The card network answers after the saga gave up: the charge is refunded.
     eventually(WAIT, "the late authorization is refunded", || async {
-        (get(&app, &format!("/v1/orders/{id}/payment")).await["status"] == "REFUNDED").then_some(())
+        (app.get_json(&format!("/v1/orders/{id}/payment")).await["status"] == "REFUNDED")
+            .then_some(())
     })
     .await;
     clean(&env, &[("SLOWPOKE".into(), 5)].into()).await;
