@@ -103,10 +103,33 @@ impl App {
                 Duration::from_millis(config.outbox.failure_pause_ms),
             )
         });
+        // Every process with the cache on invalidates what its own writers (and, polled, anyone
+        // else) changed: the rows the triggers leave in `cache.changes`.
+        let cache = config.cache.enabled.then(|| {
+            Arc::new(crate::infra::cache::Cache::new(
+                redis.clone(),
+                &config.cache,
+            ))
+        });
+        let cache_changes = cache.as_ref().map(|cache| {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            crate::infra::cache::spawn_drainer(
+                pool.clone(),
+                cache.clone(),
+                wake.clone(),
+                crate::infra::cache::DrainConfig {
+                    poll: Duration::from_millis(config.cache.drain_poll_ms.max(1)),
+                    gap: Duration::from_millis(config.cache.drain_gap_ms),
+                    batch: 500,
+                },
+            );
+            wake
+        });
         let writers = Writers::start(
             &pool,
             OutboxWakers::default(),
             on_commit,
+            cache_changes,
             WriterConfig {
                 writers: config.database.writers,
                 batch_max: config.database.batch_max,
@@ -145,14 +168,7 @@ impl App {
             let _ = root_handle.await;
         });
 
-        let cache = (config.cache.enabled && services.contains(&Service::Api)).then(|| {
-            let cache = Arc::new(crate::infra::cache::Cache::new(
-                redis.clone(),
-                &config.cache,
-            ));
-            crate::infra::cache::spawn_invalidator(pool.clone(), cache.clone());
-            cache
-        });
+        let cache = cache.filter(|_| services.contains(&Service::Api));
         let ctx = ApiContext {
             config: config.clone(),
             pool: pool.clone(),

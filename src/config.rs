@@ -124,6 +124,11 @@ pub struct CacheConfig {
     pub key_prefix: String,
     /// How long a request waits for the cache before reading PostgreSQL instead.
     pub timeout_ms: u64,
+    /// The drainer of `cache.changes` runs after this process's writers commit; without one
+    /// (changes made by other processes or by hand) it looks this often.
+    pub drain_poll_ms: u64,
+    /// The least time between two drains, so one drain takes what several commits wrote.
+    pub drain_gap_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -133,6 +138,8 @@ impl Default for CacheConfig {
             ttl_secs: 300,
             key_prefix: "orderflow:cache:".into(),
             timeout_ms: 50,
+            drain_poll_ms: 250,
+            drain_gap_ms: 5,
         }
     }
 }
@@ -947,6 +954,10 @@ impl Config {
         env.parse("ORDERFLOW_CACHE_ENABLED", &mut self.cache.enabled)?;
         env.parse("ORDERFLOW_CACHE_TTL_SECS", &mut self.cache.ttl_secs)?;
         env.string("ORDERFLOW_CACHE_KEY_PREFIX", &mut self.cache.key_prefix);
+        env.parse(
+            "ORDERFLOW_CACHE_DRAIN_POLL_MS",
+            &mut self.cache.drain_poll_ms,
+        )?;
         env.parse(
             "ORDERFLOW_IDEMPOTENCY_TTL_SECS",
             &mut self.idempotency.ttl_secs,

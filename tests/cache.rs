@@ -1,6 +1,7 @@
 //! The Redis read cache: entries are served from Redis, invalidated by an API write on another
-//! process before it answers and by database triggers whoever changed the row, never refilled
-//! with a value read before an invalidation, and bypassed when Redis is unreachable.
+//! process before it answers and by database triggers whoever changed the row (even a change
+//! committed while no process ran), never refilled with a value read before an invalidation,
+//! and bypassed when Redis is unreachable.
 
 mod support;
 
@@ -31,8 +32,8 @@ async fn a_change_anywhere_is_seen_through_the_cache_of_every_process() {
     let cache = cache_of(&env);
     create_product(&a.base, "MUG", 1_250, 10).await;
 
-    // A read fills the cache (once the creation's own notification has passed: it
-    // invalidates the entry again); the next one is served from it.
+    // A read fills the cache (once the creation's own change row is drained: it invalidates
+    // the entry again); the next one is served from it.
     let first = eventually(WAIT, "a read fills the cache", || async {
         let first = a.get_json("/v1/products/MUG").await;
         cached(&cache, &product_key("MUG")).await.then_some(first)
@@ -58,7 +59,7 @@ async fn a_change_anywhere_is_seen_through_the_cache_of_every_process() {
     assert_eq!(page["items"][0]["unit_price_minor"], 1_500);
 
     // A change made in the database by someone else (the inventory service reserving stock,
-    // here plain SQL) reaches the cache through the trigger's notification.
+    // here plain SQL) reaches the cache through the change row its trigger wrote.
     let _ = a.get_json("/v1/products/MUG").await;
     sqlx::query("UPDATE inventory.products SET on_hand = 7 WHERE sku = 'MUG'")
         .execute(&env.pool)
@@ -148,6 +149,56 @@ async fn redis_unreachable_degrades_to_the_database() {
         (tea["unit_price_minor"].clone(), tea["on_hand"].clone()),
         (json!(450), json!(5))
     );
+    drop(app);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_change_committed_while_no_process_runs_is_invalidated_when_one_starts() {
+    let env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cache = cache_of(&env);
+    let sql = |q: &'static str| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query(q)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{q}: {e}"));
+        }
+    };
+    sql(
+        "INSERT INTO inventory.products (sku, name, unit_price_minor, currency, on_hand)
+         VALUES ('JAM', 'Jam', 300, 'EUR', 4)",
+    )
+    .await;
+    // An entry cached before the change (as a process that has since stopped would have)...
+    let hash = product_key("JAM");
+    let Lookup::Miss(ticket) = cache.lookup("test", &hash, "json").await else {
+        panic!("a fresh entry was a hit");
+    };
+    cache.store(ticket, b"{\"on_hand\":4}").await;
+    assert!(cached(&cache, &hash).await);
+    // ...then the stock changes while no process runs: the change is recorded with it.
+    sql("UPDATE inventory.products SET on_hand = 9 WHERE sku = 'JAM'").await;
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM cache.changes")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(pending >= 1, "the change left no row");
+    assert!(cached(&cache, &hash).await);
+    // The first process to start invalidates it (and the listing), and empties the queue.
+    let app = env.spawn(&[Service::Inventory]).await;
+    eventually(WAIT, "the old entry is invalidated", || async {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM cache.changes")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (!cached(&cache, &hash).await && pending == 0).then_some(())
+    })
+    .await;
     drop(app);
     env.cleanup().await;
 }

@@ -285,6 +285,7 @@ async fn saga_steps_written_together_apply_conflict_or_repeat_each() {
         &env.pool,
         OutboxWakers::default(),
         None,
+        None,
         WriterConfig {
             writers: 1,
             batch_max: 16,

@@ -9,10 +9,11 @@
 //! bounds memory, not correctness.
 //!
 //! Invalidations come from two places: the API after its own catalogue writes (synchronously,
-//! before it answers), and PostgreSQL triggers (migration 0010) that `NOTIFY orderflow_cache`
-//! on every change of a product, an order's status or an order's documents, whoever made it;
-//! each API process listens and invalidates in batches. A lost listener connection may have
-//! lost notifications: the listener then flushes the whole cache.
+//! before it answers), and PostgreSQL triggers (migration 0011) that record, in the changing
+//! transaction itself, every change of a product, an order's status or an order's documents,
+//! whoever made it, as a row of `cache.changes`; a drainer in each process
+//! ([`spawn_drainer`]) invalidates those entries in batches and deletes the rows only once
+//! Redis took them, so no committed change is ever left uninvalidated (the row waits).
 //!
 //! Every Redis failure degrades to PostgreSQL: a lookup that fails is a miss that is not
 //! stored, a failed invalidation is logged, and readers keep working.
@@ -26,8 +27,6 @@ use super::redis::{RedisError, RedisPool};
 use crate::config::CacheConfig;
 use crate::metrics as m;
 
-/// The PostgreSQL channel the triggers notify.
-pub const CHANNEL: &str = "orderflow_cache";
 /// The hash of every catalogue listing page.
 pub const PRODUCT_PAGES: &str = "products:pages";
 
@@ -187,103 +186,108 @@ impl Cache {
         })
         .await
     }
-
-    /// Deletes every entry (not the versions: a reader holding a ticket stays refused).
-    pub async fn flush(&self) -> Result<u64, RedisError> {
-        let mut conn = self.conn().await?;
-        let pattern = format!("{}*", self.prefix);
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut *conn)
-                .await?;
-            let entries: Vec<&String> = keys.iter().filter(|k| !k.ends_with(":v")).collect();
-            if !entries.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&entries)
-                    .query_async(&mut *conn)
-                    .await?;
-                deleted += n;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
-    }
 }
 
-/// The hashes a trigger's notification invalidates: the entry itself, and for a product the
-/// listing pages too.
-fn hashes_of(payload: &str, out: &mut Vec<String>) {
-    out.push(payload.to_owned());
-    if payload.starts_with("product:") && !out.iter().any(|h| h == PRODUCT_PAGES) {
+/// The hashes one changed entry invalidates: the entry itself, and for a product the listing
+/// pages too.
+fn hashes_of(entry: &str, out: &mut Vec<String>) {
+    if !out.iter().any(|h| h == entry) {
+        out.push(entry.to_owned());
+    }
+    if entry.starts_with("product:") && !out.iter().any(|h| h == PRODUCT_PAGES) {
         out.push(PRODUCT_PAGES.to_owned());
     }
 }
 
-/// Listens to the triggers' notifications and invalidates in batches (what arrived within
-/// 5 ms, at most 500), until the process closes its pool. Reconnects after losing PostgreSQL,
-/// flushing the cache because notifications may have been lost meanwhile.
-pub fn spawn_invalidator(pg: PgPool, cache: std::sync::Arc<Cache>) {
+/// How the drainer of `cache.changes` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainConfig {
+    /// Without a wake-up (changes made by other processes or by hand), look this often.
+    pub poll: Duration,
+    /// After a drain, wait this long before the next one, so one drain takes what several
+    /// commits wrote.
+    pub gap: Duration,
+    /// The most change rows one drain takes.
+    pub batch: i64,
+}
+
+/// Drains `cache.changes` (rows the triggers of migration 0011 write with every change of a
+/// product, an order's status or an order's documents, in the change's own transaction) and
+/// invalidates their entries, until the process closes its pool. `wake` is notified by this
+/// process's writers after each commit; otherwise the table is polled. A drain deletes its rows
+/// in a transaction that commits only after Redis took the invalidations, so a failure keeps
+/// the rows for the next drain (of this process or another: rows are taken `SKIP LOCKED`).
+pub fn spawn_drainer(
+    pg: PgPool,
+    cache: std::sync::Arc<Cache>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    config: DrainConfig,
+) {
     tokio::spawn(async move {
+        let mut failures = 0u32;
         loop {
-            let listened = listen(&pg, &cache).await;
             if pg.is_closed() {
                 return;
             }
-            if let Err(e) = listened {
-                tracing::warn!(error = %e, "cache invalidation listener lost; reconnecting");
+            match drain(&pg, &cache, config.batch).await {
+                Ok(taken) => {
+                    failures = 0;
+                    if taken >= config.batch {
+                        continue;
+                    }
+                    tokio::time::sleep(config.gap).await;
+                    let _ = tokio::time::timeout(config.poll, wake.notified()).await;
+                }
+                Err(_) if pg.is_closed() => return,
+                Err(e) => {
+                    failures += 1;
+                    metrics::counter!(m::CACHE_INVALIDATION_ERRORS).increment(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "cache invalidation failed; the changes are kept and retried");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100) * failures.min(10)).await;
+                }
             }
-            match cache.flush().await {
-                Ok(n) => tracing::info!(entries = n, "cache flushed after a listener gap"),
-                Err(e) => tracing::warn!(error = %e, "cache flush failed"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
 
-async fn listen(pg: &PgPool, cache: &Cache) -> Result<(), sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect_with(pg).await?;
-    listener.listen(CHANNEL).await?;
-    loop {
-        // None: the connection dropped (notifications may be lost).
-        let Some(first) = listener.try_recv().await? else {
-            return Ok(());
-        };
-        let mut hashes = Vec::new();
-        hashes_of(first.payload(), &mut hashes);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(5);
-        while hashes.len() < 500 {
-            match tokio::time::timeout_at(deadline, listener.try_recv()).await {
-                Ok(Ok(Some(n))) => hashes_of(n.payload(), &mut hashes),
-                Ok(Ok(None)) => {
-                    invalidate_logged(cache, &hashes).await;
-                    return Ok(());
-                }
-                Ok(Err(e)) => {
-                    invalidate_logged(cache, &hashes).await;
-                    return Err(e);
-                }
-                Err(_) => break,
-            }
-        }
-        invalidate_logged(cache, &hashes).await;
-    }
+/// What stopped a drain (its rows stay in the table).
+#[derive(Debug, thiserror::Error)]
+enum DrainError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
 }
 
-async fn invalidate_logged(cache: &Cache, hashes: &[String]) {
-    if let Err(e) = cache.invalidate(hashes).await {
-        metrics::counter!(m::CACHE_INVALIDATION_ERRORS).increment(1);
-        tracing::warn!(error = %e, entries = hashes.len(), "cache invalidation failed");
+/// One drain: takes up to `batch` change rows, invalidates their entries, commits the delete.
+/// Returns how many rows it took.
+async fn drain(pg: &PgPool, cache: &Cache, batch: i64) -> Result<i64, DrainError> {
+    let mut tx = pg.begin().await?;
+    // Losing this commit in a server crash only means the entries are invalidated again.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<Vec<String>> = sqlx::query_scalar(
+        "DELETE FROM cache.changes WHERE id IN (
+             SELECT id FROM cache.changes ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING entries",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
     }
+    let mut hashes = Vec::new();
+    for entry in rows.iter().flatten() {
+        hashes_of(entry, &mut hashes);
+    }
+    cache.invalidate(&hashes).await?;
+    tx.commit().await?;
+    Ok(rows.len() as i64)
 }
 
 #[cfg(test)]
@@ -296,6 +300,7 @@ mod tests {
         hashes_of("product:A", &mut out);
         hashes_of("product:B", &mut out);
         hashes_of("order:1", &mut out);
+        hashes_of("product:A", &mut out);
         assert_eq!(out, ["product:A", PRODUCT_PAGES, "product:B", "order:1"]);
     }
 }

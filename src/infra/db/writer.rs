@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use super::DbError;
 use super::messaging::{self, Schema};
@@ -143,12 +143,14 @@ pub struct Writers {
     wakers: OutboxWakers,
 }
 
-/// Where a writer's committed outbox rows go.
+/// Where a writer's committed outbox rows go, and who hears of its commits.
 #[derive(Clone)]
 struct Publish {
     schema: Schema,
     wakers: OutboxWakers,
     on_commit: Option<CommitPublisher>,
+    /// The read cache's drainer: a commit may have written `cache.changes` rows.
+    cache_changes: Option<Arc<Notify>>,
 }
 
 impl Publish {
@@ -160,6 +162,9 @@ impl Publish {
 
     /// After a commit: publish the rows read before it, or wake the relay.
     fn committed(&self, records: Vec<OutboxRecord>, direct: bool) {
+        if let Some(wake) = &self.cache_changes {
+            wake.notify_one();
+        }
         match &self.on_commit {
             Some(p) if direct => p.publish(self.schema, records),
             _ => self.wakers.wake(self.schema),
@@ -179,11 +184,13 @@ pub struct WriterConfig {
 impl Writers {
     /// Starts the writer tasks of every schema on `pool`. They stop when the last `Writers`
     /// clone is dropped, after finishing what was queued. With `on_commit`, committed outbox
-    /// rows are published at once; without, the relay is woken.
+    /// rows are published at once; without, the relay is woken. `cache_changes` is notified
+    /// after every commit of a schema whose tables the read cache shows.
     pub fn start(
         pool: &PgPool,
         wakers: OutboxWakers,
         on_commit: Option<CommitPublisher>,
+        cache_changes: Option<Arc<Notify>>,
         config: WriterConfig,
     ) -> Self {
         let writer = |schema: Schema| {
@@ -199,6 +206,7 @@ impl Writers {
                 schema,
                 wakers: wakers.clone(),
                 on_commit: on_commit.clone(),
+                cache_changes: cache_changes.clone().filter(|_| schema != Schema::Payment),
             };
             spawn_writer(pool, schema.name(), tasks, config, Some(publish))
         };
