@@ -42,6 +42,11 @@ pub fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
         .url
         .expose()
         .parse::<PgConnectOptions>()?
+        // Every statement is prepared once per connection. The set-based statements (arrays
+        // of a whole group) would otherwise be planned again on every execution, because a
+        // custom plan looks cheaper for each new set of arrays: planning cost as much as
+        // running them (pg_stat_statements with track_planning, docs/performance.md).
+        .options([("plan_cache_mode", "force_generic_plan")])
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
