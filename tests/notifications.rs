@@ -1,6 +1,6 @@
 //! The notification service against the real SMTP sink (mailpit): one mail per customer-visible
 //! event to the order's address, nothing twice on redelivery, a log per order, and orders
-//! without an address logged as skipped.
+//! without an address logged as skipped; log attempts and recipients written in groups.
 
 mod support;
 
@@ -162,5 +162,83 @@ async fn each_order_event_mails_its_customer_once() {
     assert_eq!(problem["code"], "invalid_email");
 
     app.app.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Attempts handed in together are written as one group: a failed attempt then a sent one of
+/// the same event end SENT after two attempts (they cannot share a statement, so they are
+/// written one group after the other), a SKIPPED row is never changed again, and recipients
+/// submitted twice keep the first address.
+#[tokio::test]
+async fn log_attempts_written_together_keep_the_first_final_status() {
+    use orderflow::infra::db::notifications::{Attempt, NotificationWrites};
+    use orderflow::infra::db::writer::{WriterConfig, Writers};
+    use orderflow::infra::outbox::OutboxWakers;
+
+    let env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let writers = Writers::start(
+        &env.pool,
+        OutboxWakers::default(),
+        None,
+        None,
+        WriterConfig {
+            writers: 1,
+            batch_max: 16,
+        },
+    );
+    let writes = NotificationWrites::start(writers.notifications().clone(), 16);
+    let order = uuid::Uuid::now_v7();
+    let (confirmed, cancelled) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let attempt = |event, template, status: &'static str| Attempt {
+        event_id: event,
+        template,
+        order_id: order,
+        recipient: Some("a@example.com".into()),
+        subject: "subject".into(),
+        status,
+        error: (status == "FAILING").then(|| "smtp down".into()),
+    };
+    let results = futures::future::join_all([
+        writes.remember_recipient(order, "c-1".into(), Some("a@example.com".into())),
+        writes.remember_recipient(order, "c-1".into(), Some("b@example.com".into())),
+    ])
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let results = futures::future::join_all([
+        writes.log(attempt(confirmed, "order_confirmed", "FAILING")),
+        writes.log(attempt(confirmed, "order_confirmed", "SENT")),
+        writes.log(attempt(cancelled, "order_cancelled", "SKIPPED")),
+    ])
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    writes
+        .log(attempt(cancelled, "order_cancelled", "FAILING"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT template, status, attempts FROM notifications.log WHERE order_id = $1
+         ORDER BY template",
+    )
+    .bind(order)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        rows,
+        [
+            ("order_cancelled".to_owned(), "SKIPPED".to_owned(), 1),
+            ("order_confirmed".to_owned(), "SENT".to_owned(), 2),
+        ]
+    );
+    let email: Option<String> =
+        sqlx::query_scalar("SELECT email FROM notifications.recipients WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(email.as_deref(), Some("a@example.com"));
     env.cleanup().await;
 }

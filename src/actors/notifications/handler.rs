@@ -22,7 +22,7 @@ use crate::domain::envelope::{
 };
 use crate::domain::templates::{self, Notice};
 use crate::infra::circuit::{CallError, CircuitBreaker};
-use crate::infra::db::notifications::{self as repo, Attempt};
+use crate::infra::db::notifications::{self as repo, Attempt, NotificationWrites};
 use crate::infra::db::writer::Writers;
 use crate::infra::smtp::{Mail, Mailer};
 
@@ -30,7 +30,7 @@ pub struct NotificationHandler {
     pool: PgPool,
     mailer: Mailer,
     breaker: Arc<CircuitBreaker>,
-    writers: Writers,
+    writes: NotificationWrites,
     seller: String,
     public_url: String,
 }
@@ -47,7 +47,10 @@ impl NotificationHandler {
             pool,
             mailer,
             breaker,
-            writers,
+            writes: NotificationWrites::start(
+                writers.notifications().clone(),
+                config.database.batch_max,
+            ),
             seller: config.files.seller.clone(),
             public_url: config
                 .notifications
@@ -84,11 +87,8 @@ impl NotificationHandler {
             status: "SKIPPED",
             error: None,
         };
-        let writer = self.writers.notifications();
         let Some(to) = known.email else {
-            repo::log(writer, attempt)
-                .await
-                .map_err(|e| transient(&e))?;
+            self.writes.log(attempt).await.map_err(|e| transient(&e))?;
             return Ok(Handled::Applied);
         };
         let mail = Mail {
@@ -100,9 +100,7 @@ impl NotificationHandler {
         match self.breaker.call(self.mailer.send(&mail)).await {
             Ok(()) => {
                 attempt.status = "SENT";
-                repo::log(writer, attempt)
-                    .await
-                    .map_err(|e| transient(&e))?;
+                self.writes.log(attempt).await.map_err(|e| transient(&e))?;
                 tracing::info!(order_id = %order_id, template, "notification sent");
                 Ok(Handled::Applied)
             }
@@ -111,9 +109,7 @@ impl NotificationHandler {
                 if !matches!(e, CallError::Open(_)) {
                     attempt.status = "FAILING";
                     attempt.error = Some(text.clone());
-                    repo::log(writer, attempt)
-                        .await
-                        .map_err(|e| transient(&e))?;
+                    self.writes.log(attempt).await.map_err(|e| transient(&e))?;
                 }
                 Err(HandleError::Unavailable(text))
             }
@@ -127,14 +123,14 @@ impl CommandHandler for NotificationHandler {
         let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
         if envelope.is::<OrderPlaced>() {
             let placed = envelope.payload_as::<OrderPlaced>().map_err(poison)?;
-            repo::remember_recipient(
-                self.writers.notifications(),
-                envelope.order_id.as_uuid(),
-                placed.customer_id.to_string(),
-                placed.email,
-            )
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
+            self.writes
+                .remember_recipient(
+                    envelope.order_id.as_uuid(),
+                    placed.customer_id.to_string(),
+                    placed.email,
+                )
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
             Ok(Handled::Applied)
         } else if envelope.is::<OrderConfirmed>() {
             let c = envelope.payload_as::<OrderConfirmed>().map_err(poison)?;

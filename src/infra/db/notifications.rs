@@ -2,38 +2,101 @@
 //! customer-visible event mailed at most once (one row per event and template).
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
+use super::group::{GroupWork, Grouped};
 use super::writer::Writer;
 
-/// Remembers where an order's notifications go (`None`: the order gave no address), in the
-/// notification writer's next batch. The first `OrderPlaced` wins; a redelivery changes nothing.
-pub async fn remember_recipient(
-    writer: &Writer,
+/// The notification service's writes, as groups of its writer: one statement per group for
+/// the recipients and one for the log, however many events a batch of partitions handled at
+/// once. Cheap to clone.
+#[derive(Clone)]
+pub struct NotificationWrites {
+    recipients: Grouped<RecipientWork>,
+    log: Grouped<LogWork>,
+}
+
+impl NotificationWrites {
+    /// Starts the group tasks on the notification writer; they end with the last clone.
+    pub fn start(writer: Writer, group_max: usize) -> Self {
+        NotificationWrites {
+            recipients: Grouped::start(
+                "notification recipients",
+                writer.clone(),
+                RecipientWork,
+                group_max,
+            ),
+            log: Grouped::start("notification log", writer, LogWork, group_max),
+        }
+    }
+
+    /// Remembers where an order's notifications go (`None`: the order gave no address). The
+    /// first `OrderPlaced` wins; a redelivery changes nothing.
+    pub async fn remember_recipient(
+        &self,
+        order_id: Uuid,
+        customer_id: String,
+        email: Option<String>,
+    ) -> Result<(), DbError> {
+        self.recipients
+            .submit(Recipient {
+                order_id,
+                customer_id,
+                email,
+            })
+            .await
+    }
+
+    /// Logs an attempt: the first one inserts the row, later ones (after failures) update it.
+    /// A row already SENT or SKIPPED is never changed.
+    pub async fn log(&self, attempt: Attempt) -> Result<(), DbError> {
+        self.log.submit(attempt).await
+    }
+}
+
+pub struct Recipient {
     order_id: Uuid,
     customer_id: String,
     email: Option<String>,
-) -> Result<(), DbError> {
-    writer
-        .run_one(move |conn: &mut PgConnection| {
-            let (customer_id, email) = (customer_id.clone(), email.clone());
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO notifications.recipients (order_id, customer_id, email)
-                     VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(order_id)
-                .bind(customer_id)
-                .bind(email)
-                .execute(conn)
-                .await?;
-                Ok(())
-            })
+}
+
+/// Recipients as group work (duplicates in a group are harmless: `DO NOTHING`).
+pub struct RecipientWork;
+
+impl GroupWork for RecipientWork {
+    type Item = Recipient;
+    type Output = ();
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        items: &'c [Recipient],
+    ) -> BoxFuture<'c, Result<Vec<()>, DbError>> {
+        Box::pin(async move {
+            let orders: Vec<Uuid> = items.iter().map(|r| r.order_id).collect();
+            let customers: Vec<&str> = items.iter().map(|r| r.customer_id.as_str()).collect();
+            let emails: Vec<Option<&str>> = items.iter().map(|r| r.email.as_deref()).collect();
+            sqlx::query(
+                "INSERT INTO notifications.recipients (order_id, customer_id, email)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[])
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(&orders)
+            .bind(&customers)
+            .bind(&emails)
+            .execute(conn)
+            .await?;
+            Ok(vec![(); items.len()])
         })
-        .await
+    }
+
+    fn single_statement(&self, _items: &[Recipient]) -> bool {
+        true
+    }
 }
 
 /// What is known before notifying about one event.
@@ -102,34 +165,65 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
-/// Logs an attempt in the notification writer's next batch: the first one inserts the row,
-/// later ones (after failures) update it. A row already SENT or SKIPPED is never changed.
-pub async fn log(writer: &Writer, attempt: Attempt) -> Result<(), DbError> {
-    writer
-        .run_one(move |conn: &mut PgConnection| {
-            let a = attempt.clone();
-            Box::pin(async move { log_on(conn, &a).await })
+/// Log attempts as group work: one `INSERT … ON CONFLICT DO UPDATE` for the group.
+pub struct LogWork;
+
+impl GroupWork for LogWork {
+    type Item = Attempt;
+    type Output = ();
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        items: &'c [Attempt],
+    ) -> BoxFuture<'c, Result<Vec<()>, DbError>> {
+        Box::pin(async move {
+            log_all(conn, items).await?;
+            Ok(vec![(); items.len()])
         })
-        .await
+    }
+
+    fn single_statement(&self, _items: &[Attempt]) -> bool {
+        true
+    }
+
+    /// `ON CONFLICT DO UPDATE` may not touch one row twice in a statement: one attempt per
+    /// event and template in a group.
+    fn fits(&self, group: &[Attempt], item: &Attempt) -> bool {
+        group
+            .iter()
+            .all(|a| (a.event_id, a.template) != (item.event_id, item.template))
+    }
 }
 
-async fn log_on(conn: &mut PgConnection, a: &Attempt) -> Result<(), DbError> {
+async fn log_all(conn: &mut PgConnection, items: &[Attempt]) -> Result<(), DbError> {
+    let events: Vec<Uuid> = items.iter().map(|a| a.event_id).collect();
+    let templates: Vec<&str> = items.iter().map(|a| a.template).collect();
+    let orders: Vec<Uuid> = items.iter().map(|a| a.order_id).collect();
+    let recipients: Vec<Option<&str>> = items.iter().map(|a| a.recipient.as_deref()).collect();
+    let subjects: Vec<&str> = items.iter().map(|a| a.subject.as_str()).collect();
+    let statuses: Vec<&str> = items.iter().map(|a| a.status).collect();
+    let errors: Vec<Option<&str>> = items.iter().map(|a| a.error.as_deref()).collect();
     sqlx::query(
         "INSERT INTO notifications.log
            (event_id, template, order_id, recipient, subject, status, attempts, last_error, sent_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, CASE WHEN $6 = 'SENT' THEN now() END)
+         SELECT a.event_id, a.template, a.order_id, a.recipient, a.subject, a.status, 1, a.error,
+                CASE WHEN a.status = 'SENT' THEN now() END
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                     $7::text[]) AS a(event_id, template, order_id, recipient, subject, status,
+                                      error)
          ON CONFLICT (event_id, template) DO UPDATE
            SET status = EXCLUDED.status, attempts = notifications.log.attempts + 1,
                last_error = EXCLUDED.last_error, sent_at = EXCLUDED.sent_at
            WHERE notifications.log.status = 'FAILING'",
     )
-    .bind(a.event_id)
-    .bind(a.template)
-    .bind(a.order_id)
-    .bind(a.recipient.as_deref())
-    .bind(&a.subject)
-    .bind(a.status)
-    .bind(a.error.as_deref())
+    .bind(&events)
+    .bind(&templates)
+    .bind(&orders)
+    .bind(&recipients)
+    .bind(&subjects)
+    .bind(&statuses)
+    .bind(&errors)
     .execute(conn)
     .await?;
     Ok(())
