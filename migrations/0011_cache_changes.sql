@@ -17,10 +17,13 @@ DROP FUNCTION files.notify_documents_changed();
 
 CREATE SCHEMA IF NOT EXISTS cache;
 
--- A queue: rows live for milliseconds. Drained oldest first through the primary key.
+-- A queue: rows live for milliseconds. Drained oldest first through the primary key. A row
+-- older than the cache's TTL is useless (every entry cached before its change has expired) and
+-- is pruned, so the table stays small where no drainer runs (cache disabled) or Redis is away.
 CREATE TABLE cache.changes (
-    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    entries text[] NOT NULL
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    entries    text[] NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE FUNCTION inventory.products_changed() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -111,6 +111,10 @@ impl App {
                 &config.cache,
             ))
         });
+        crate::infra::cache::spawn_pruner(
+            pool.clone(),
+            Duration::from_secs(config.cache.ttl_secs.max(1)),
+        );
         let cache_changes = cache.as_ref().map(|cache| {
             let wake = Arc::new(tokio::sync::Notify::new());
             crate::infra::cache::spawn_drainer(

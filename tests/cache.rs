@@ -202,3 +202,33 @@ async fn a_change_committed_while_no_process_runs_is_invalidated_when_one_starts
     drop(app);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn change_rows_older_than_the_ttl_are_pruned_even_with_the_cache_off() {
+    let mut env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query(
+        "INSERT INTO cache.changes (entries, created_at) VALUES
+           (ARRAY['product:OLD'], now() - interval '1 hour'), (ARRAY['product:NEW'], now())",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // No drainer runs in this process: only the pruner touches the table.
+    env.config.cache.enabled = false;
+    let app = env.spawn(&[Service::Api]).await;
+    let left = eventually(WAIT, "the expired row is pruned", || async {
+        let left: Vec<Vec<String>> =
+            sqlx::query_scalar("SELECT entries FROM cache.changes ORDER BY id")
+                .fetch_all(&env.pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        (left.len() < 2).then_some(left)
+    })
+    .await;
+    assert_eq!(left, [vec!["product:NEW".to_owned()]]);
+    drop(app);
+    env.cleanup().await;
+}

@@ -172,23 +172,12 @@ async fn each_order_event_mails_its_customer_once() {
 #[tokio::test]
 async fn log_attempts_written_together_keep_the_first_final_status() {
     use orderflow::infra::db::notifications::{Attempt, NotificationWrites};
-    use orderflow::infra::db::writer::{WriterConfig, Writers};
-    use orderflow::infra::outbox::OutboxWakers;
 
     let env = TestEnv::new().await;
     orderflow::infra::db::migrate(&env.pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let writers = Writers::start(
-        &env.pool,
-        OutboxWakers::default(),
-        None,
-        None,
-        WriterConfig {
-            writers: 1,
-            batch_max: 16,
-        },
-    );
+    let writers = support::writers(&env.pool);
     let writes = NotificationWrites::start(writers.notifications().clone(), 16);
     let order = uuid::Uuid::now_v7();
     let (confirmed, cancelled) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());

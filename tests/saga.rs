@@ -273,24 +273,13 @@ async fn saga_steps_written_together_apply_conflict_or_repeat_each() {
     use orderflow::domain::saga::{SagaState, SagaStatus};
     use orderflow::infra::db::messaging::{OutboxMessage, Schema};
     use orderflow::infra::db::orders::{SagaStep, SagaSteps, StepOutcome};
-    use orderflow::infra::db::writer::{WriterConfig, Writers};
-    use orderflow::infra::outbox::OutboxWakers;
     use sqlx::Row;
 
     let env = TestEnv::new().await;
     let app = env.spawn(&[Service::Api]).await;
     let ids: Vec<String> =
         futures::future::join_all((0..3).map(|_| order(&app, &[("X", 1)], "tok_visa"))).await;
-    let writers = Writers::start(
-        &env.pool,
-        OutboxWakers::default(),
-        None,
-        None,
-        WriterConfig {
-            writers: 1,
-            batch_max: 16,
-        },
-    );
+    let writers = support::writers(&env.pool);
     let steps = SagaSteps::start(writers.get(Schema::Orders).clone(), 16);
     // The intake stored each saga at version 1 (RESERVING) with its OrderPlaced in the inbox.
     let placed_id = |order: String| {

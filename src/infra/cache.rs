@@ -16,7 +16,9 @@
 //! Redis took them, so no committed change is ever left uninvalidated (the row waits).
 //!
 //! Every Redis failure degrades to PostgreSQL: a lookup that fails is a miss that is not
-//! stored, a failed invalidation is logged, and readers keep working.
+//! stored, a failed invalidation keeps its change rows for the next drain, and readers keep
+//! working. Change rows older than the TTL are pruned ([`spawn_pruner`]): their entries have
+//! expired anyway.
 
 use std::time::Duration;
 
@@ -188,15 +190,20 @@ impl Cache {
     }
 }
 
-/// The hashes one changed entry invalidates: the entry itself, and for a product the listing
-/// pages too.
-fn hashes_of(entry: &str, out: &mut Vec<String>) {
-    if !out.iter().any(|h| h == entry) {
-        out.push(entry.to_owned());
+/// The hashes the changed entries invalidate, each once: the entries themselves, and for a
+/// product the listing pages too.
+fn hashes_of<'a>(entries: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for entry in entries {
+        if entry.starts_with("product:") && seen.insert(PRODUCT_PAGES) {
+            out.push(PRODUCT_PAGES.to_owned());
+        }
+        if seen.insert(entry.as_str()) {
+            out.push(entry.clone());
+        }
     }
-    if entry.starts_with("product:") && !out.iter().any(|h| h == PRODUCT_PAGES) {
-        out.push(PRODUCT_PAGES.to_owned());
-    }
+    out
 }
 
 /// How the drainer of `cache.changes` runs.
@@ -231,6 +238,9 @@ pub fn spawn_drainer(
             }
             match drain(&pg, &cache, config.batch).await {
                 Ok(taken) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "cache invalidation works again");
+                    }
                     failures = 0;
                     if taken >= config.batch {
                         continue;
@@ -247,6 +257,39 @@ pub fn spawn_drainer(
                     }
                     tokio::time::sleep(Duration::from_millis(100) * failures.min(10)).await;
                 }
+            }
+        }
+    });
+}
+
+/// Deletes change rows older than `ttl` every minute until the process closes its pool: every
+/// entry cached before such a change has expired, so nothing needs them. Runs in every process,
+/// so the table stays small where no drainer runs (cache disabled) or Redis is away.
+pub fn spawn_pruner(pg: PgPool, ttl: Duration) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            if pg.is_closed() {
+                return;
+            }
+            let pruned = sqlx::query(
+                "DELETE FROM cache.changes
+                 WHERE created_at < now() - make_interval(secs => $1::double precision)",
+            )
+            .bind(ttl.as_secs_f64())
+            .execute(&pg)
+            .await;
+            match pruned {
+                Ok(done) if done.rows_affected() > 0 => {
+                    tracing::info!(
+                        rows = done.rows_affected(),
+                        "expired cache change rows pruned"
+                    )
+                }
+                Ok(_) => {}
+                Err(_) if pg.is_closed() => return,
+                Err(e) => tracing::warn!(error = %e, "pruning cache change rows failed"),
             }
         }
     });
@@ -281,11 +324,7 @@ async fn drain(pg: &PgPool, cache: &Cache, batch: i64) -> Result<i64, DrainError
         tx.rollback().await?;
         return Ok(0);
     }
-    let mut hashes = Vec::new();
-    for entry in rows.iter().flatten() {
-        hashes_of(entry, &mut hashes);
-    }
-    cache.invalidate(&hashes).await?;
+    cache.invalidate(&hashes_of(rows.iter().flatten())).await?;
     tx.commit().await?;
     Ok(rows.len() as i64)
 }
@@ -296,11 +335,10 @@ mod tests {
 
     #[test]
     fn a_product_change_invalidates_the_listing_once() {
-        let mut out = Vec::new();
-        hashes_of("product:A", &mut out);
-        hashes_of("product:B", &mut out);
-        hashes_of("order:1", &mut out);
-        hashes_of("product:A", &mut out);
-        assert_eq!(out, ["product:A", PRODUCT_PAGES, "product:B", "order:1"]);
+        let changed = ["product:A", "product:B", "order:1", "product:A"].map(String::from);
+        assert_eq!(
+            hashes_of(&changed),
+            [PRODUCT_PAGES, "product:A", "product:B", "order:1"]
+        );
     }
 }

@@ -284,6 +284,21 @@ pub const THROUGH_FILES: &[Service] = &[
     Service::File,
 ];
 
+/// Writer tasks on `pool` outside any app (one per schema, batches of up to 16 jobs, no
+/// publishing on commit, no cache drainer), for tests that drive the repositories directly.
+pub fn writers(pool: &PgPool) -> orderflow::infra::db::writer::Writers {
+    orderflow::infra::db::writer::Writers::start(
+        pool,
+        orderflow::infra::outbox::OutboxWakers::default(),
+        None,
+        None,
+        orderflow::infra::db::writer::WriterConfig {
+            writers: 1,
+            batch_max: 16,
+        },
+    )
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
