@@ -85,7 +85,7 @@ fn describe() {
     describe_counter!(CACHE_INVALIDATIONS, "Read-cache entries invalidated");
     describe_counter!(
         CACHE_INVALIDATION_ERRORS,
-        "Read-cache invalidations that failed (Redis unreachable)"
+        "Read-cache drains that failed (Redis or PostgreSQL unreachable); their change rows are retried"
     );
     describe_counter!(
         IDEMPOTENT_REPLAYS,
