@@ -111,9 +111,14 @@ impl App {
                 &config.cache,
             ))
         });
-        crate::infra::cache::spawn_pruner(
+        // Change rows older than the TTL are useless (every entry cached before them has
+        // expired): pruned in every process, also where no drainer runs (cache off).
+        let ttl = Duration::from_secs(config.cache.ttl_secs.max(1));
+        db::spawn_purge(
             pool.clone(),
-            Duration::from_secs(config.cache.ttl_secs.max(1)),
+            Duration::from_secs(60),
+            "expired cache change rows",
+            move |pool| crate::infra::cache::prune_changes(pool, ttl),
         );
         let cache_changes = cache.as_ref().map(|cache| {
             let wake = Arc::new(tokio::sync::Notify::new());
@@ -212,21 +217,12 @@ impl App {
         if services.contains(&Service::Api) {
             // Expired idempotency keys are deleted in the background (a request never waits
             // for it: an expired key is also claimable in place). Stops when the pool closes.
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(600));
-                loop {
-                    every.tick().await;
-                    if pool.is_closed() {
-                        return;
-                    }
-                    match db::idempotency::purge_expired(&pool, 10_000).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(keys = n, "expired idempotency keys deleted"),
-                        Err(e) => tracing::warn!(error = %e, "idempotency key purge failed"),
-                    }
-                }
-            });
+            db::spawn_purge(
+                pool.clone(),
+                Duration::from_secs(600),
+                "expired idempotency keys",
+                |pool| async move { db::idempotency::purge_expired(&pool, 10_000).await },
+            );
         }
         tracing::info!(%addr, services = ?services, "orderflow started");
         Ok(App {

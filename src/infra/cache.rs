@@ -17,7 +17,7 @@
 //!
 //! Every Redis failure degrades to PostgreSQL: a lookup that fails is a miss that is not
 //! stored, a failed invalidation keeps its change rows for the next drain, and readers keep
-//! working. Change rows older than the TTL are pruned ([`spawn_pruner`]): their entries have
+//! working. Change rows older than the TTL are pruned ([`prune_changes`]): their entries have
 //! expired anyway.
 
 use std::time::Duration;
@@ -262,37 +262,18 @@ pub fn spawn_drainer(
     });
 }
 
-/// Deletes change rows older than `ttl` every minute until the process closes its pool: every
-/// entry cached before such a change has expired, so nothing needs them. Runs in every process,
-/// so the table stays small where no drainer runs (cache disabled) or Redis is away.
-pub fn spawn_pruner(pg: PgPool, ttl: Duration) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            if pg.is_closed() {
-                return;
-            }
-            let pruned = sqlx::query(
-                "DELETE FROM cache.changes
-                 WHERE created_at < now() - make_interval(secs => $1::double precision)",
-            )
-            .bind(ttl.as_secs_f64())
-            .execute(&pg)
-            .await;
-            match pruned {
-                Ok(done) if done.rows_affected() > 0 => {
-                    tracing::info!(
-                        rows = done.rows_affected(),
-                        "expired cache change rows pruned"
-                    )
-                }
-                Ok(_) => {}
-                Err(_) if pg.is_closed() => return,
-                Err(e) => tracing::warn!(error = %e, "pruning cache change rows failed"),
-            }
-        }
-    });
+/// Deletes change rows older than `ttl`: every entry cached before such a change has expired,
+/// so nothing needs them. The app runs it every minute in every process, so the table stays
+/// small where no drainer runs (cache disabled) or Redis is away.
+pub async fn prune_changes(pg: PgPool, ttl: Duration) -> Result<u64, crate::infra::db::DbError> {
+    let done = sqlx::query(
+        "DELETE FROM cache.changes
+         WHERE created_at < now() - make_interval(secs => $1::double precision)",
+    )
+    .bind(ttl.as_secs_f64())
+    .execute(&pg)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// What stopped a drain (its rows stay in the table).

@@ -61,6 +61,30 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Runs `purge` every `period` (the first time at once) until `pool` closes, logging how many
+/// rows it deleted (`what`) and any failure; a failed run is simply tried again next period.
+pub fn spawn_purge<F, Fut>(pool: PgPool, period: Duration, what: &'static str, purge: F)
+where
+    F: Fn(PgPool) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, DbError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        loop {
+            every.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            match purge(pool.clone()).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "{what} deleted"),
+                Err(_) if pool.is_closed() => return,
+                Err(e) => tracing::warn!(error = %e, "deleting {what} failed"),
+            }
+        }
+    });
+}
+
 pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
     sqlx::query("SELECT 1").execute(pool).await?;
     Ok(())
