@@ -543,7 +543,8 @@ pub struct PaymentConfig {
 pub struct BridgeConfig {
     /// Records of one partition dispatched and not yet durable before the partition pauses.
     pub max_in_flight: usize,
-    /// How long a handler may take before the bridge retries the record.
+    /// How long a handler may take before the bridge retries the record, counted from when a
+    /// keyed worker starts on it (not while it waits in the worker's mailbox).
     pub handler_timeout_ms: u64,
     /// Retry backoff for a failed record: initial and cap.
     pub retry_initial_ms: u64,

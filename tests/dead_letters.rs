@@ -153,3 +153,52 @@ async fn poison_and_exhausted_records_are_dead_lettered_listed_and_replayed() {
     app.app.shutdown().await;
     env.cleanup().await;
 }
+
+/// Records waiting behind others for a busy worker are not failing: the handler timeout runs
+/// from when a worker starts on a record, so a backlog is neither retried nor dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_waiting_for_a_busy_worker_is_not_timed_out() {
+    const ORDERS: i64 = 16;
+    let mut env = TestEnv::new().await;
+    // One card-network worker at 200 ms a payment: the last command waits ≈ 3 s for it,
+    // three times the handler timeout; two timeouts would dead-letter a command.
+    env.config.payment.latency_ms = 200;
+    env.config.payment.workers = 1;
+    env.config.bridge.handler_timeout_ms = 1_000;
+    env.config.bridge.max_attempts = 2;
+    env.config.saga.payment_timeout_ms = 60_000;
+    let app = env
+        .spawn(&[
+            Service::Api,
+            Service::Order,
+            Service::Inventory,
+            Service::Payment,
+        ])
+        .await;
+    support::create_product(&app.base, "BACKLOG", 10, 1_000).await;
+    for i in 0..ORDERS {
+        let resp = app
+            .place_order(&support::order_body(&format!("bl{i}"), &[("BACKLOG", 1)]))
+            .await;
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    eventually(WAIT, "every order confirms", || async {
+        let confirmed = env
+            .count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")
+            .await;
+        (confirmed == ORDERS).then_some(())
+    })
+    .await;
+    let dlq = format!("{}{}", topics::PAYMENT_COMMANDS, topics::DLQ_SUFFIX);
+    assert_eq!(
+        support::topic_size(&env.config, &dlq),
+        0,
+        "queued payment commands were dead-lettered"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM card_network.charges").await,
+        ORDERS
+    );
+    drop(app);
+    env.cleanup().await;
+}

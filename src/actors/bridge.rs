@@ -88,14 +88,30 @@ pub async fn find_or_spawn<A: Actor>(
     }
 }
 
-/// Finds (or starts) the actor that owns a record's key and hands it the record. The returned
-/// receiver completes when the effect is durable.
+/// Finds (or starts) the actor that owns a record's key and hands it the record.
 #[async_trait]
 pub trait Router: Send + Sync + 'static {
-    async fn route(
-        &self,
-        record: Arc<Record>,
-    ) -> Result<oneshot::Receiver<HandleResult>, HandleError>;
+    async fn route(&self, record: Arc<Record>) -> Result<Routed, HandleError>;
+}
+
+/// A record handed to its actor.
+pub struct Routed {
+    /// Completes when the actor starts on the record (`None`: the actor starts on it at once,
+    /// or cannot tell). The handler timeout runs from then: waiting behind other records in a
+    /// busy actor's mailbox is backpressure, not a failure.
+    pub started: Option<oneshot::Receiver<()>>,
+    /// Completes when the effect is durable.
+    pub result: oneshot::Receiver<HandleResult>,
+}
+
+impl Routed {
+    /// A record whose actor replies without telling when it starts.
+    pub fn at_once(result: oneshot::Receiver<HandleResult>) -> Self {
+        Routed {
+            started: None,
+            result,
+        }
+    }
 }
 
 pub enum BridgeMsg {
@@ -239,9 +255,18 @@ async fn dispatch(myself: &ActorRef<BridgeMsg>, state: &BridgeState, record: Arc
     let timeout = Duration::from_millis(state.args.config.handler_timeout_ms);
     let reply = myself.clone();
     match state.args.router.route(record).await {
-        Ok(rx) => {
+        Ok(Routed { started, result }) => {
             tokio::spawn(async move {
-                let result = match tokio::time::timeout(timeout, rx).await {
+                if let Some(started) = started
+                    && started.await.is_err()
+                {
+                    let result = Err(HandleError::Transient(
+                        "handler stopped before starting on the record".into(),
+                    ));
+                    let _ = reply.cast(BridgeMsg::Finished { offset, result });
+                    return;
+                }
+                let result = match tokio::time::timeout(timeout, result).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(HandleError::Transient(
                         "handler stopped before replying".into(),

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::actors::bridge::{HandleError, HandleResult, Record, Router, find_or_spawn};
+use crate::actors::bridge::{HandleError, HandleResult, Record, Routed, Router, find_or_spawn};
 use crate::domain::envelope::Envelope;
 
 /// What a service does with one message. Business outcomes (a rejection, a decline) are
@@ -23,6 +23,9 @@ pub trait CommandHandler: Send + Sync + 'static {
 pub struct Work {
     envelope: Envelope,
     traceparent: Option<String>,
+    /// Told when this worker starts on the record (the bridge's handler timeout runs from
+    /// then, not while the record waits in the mailbox).
+    started: oneshot::Sender<()>,
     reply: RpcReplyPort<HandleResult>,
 }
 
@@ -47,6 +50,7 @@ impl Actor for KeyedWorker {
         work: Work,
         handler: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let _ = work.started.send(());
         let result = handler.handle(work.envelope, work.traceparent).await;
         let _ = work.reply.send(result);
         Ok(())
@@ -114,10 +118,7 @@ impl WorkerRouter {
 
 #[async_trait]
 impl Router for WorkerRouter {
-    async fn route(
-        &self,
-        record: Arc<Record>,
-    ) -> Result<oneshot::Receiver<HandleResult>, HandleError> {
+    async fn route(&self, record: Arc<Record>) -> Result<Routed, HandleError> {
         let payload = record
             .payload
             .as_deref()
@@ -129,15 +130,20 @@ impl Router for WorkerRouter {
             .unwrap_or_else(|| envelope.order_id.to_string().into_bytes());
         let worker = self.worker(self.index(&key)).await?;
         let (tx, rx) = oneshot::channel();
+        let (started, started_rx) = oneshot::channel();
         worker
             .cast(Work {
                 envelope,
                 traceparent: record.header("traceparent").map(str::to_owned),
+                started,
                 reply: tx.into(),
             })
             .map_err(|_| {
                 HandleError::Transient("worker stopped before the record arrived".into())
             })?;
-        Ok(rx)
+        Ok(Routed {
+            started: Some(started_rx),
+            result: rx,
+        })
     }
 }

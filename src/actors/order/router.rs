@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::saga::{OrderSaga, SagaArgs, SagaMsg};
-use crate::actors::bridge::{HandleError, HandleResult, Record, Router, find_or_spawn};
+use crate::actors::bridge::{HandleError, Record, Routed, Router, find_or_spawn};
 use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::config::{Config, SagaConfig};
 use crate::domain::envelope::{Envelope, topics};
@@ -85,10 +85,7 @@ impl SagaRouter {
 
 #[async_trait]
 impl Router for SagaRouter {
-    async fn route(
-        &self,
-        record: Arc<Record>,
-    ) -> Result<oneshot::Receiver<HandleResult>, HandleError> {
+    async fn route(&self, record: Arc<Record>) -> Result<Routed, HandleError> {
         let payload = record
             .payload
             .as_deref()
@@ -100,7 +97,7 @@ impl Router for SagaRouter {
             // An announcement the saga never waits for: no saga is woken for it.
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(crate::actors::bridge::Handled::Ignored));
-            return Ok(rx);
+            return Ok(Routed::at_once(rx));
         }
         let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
         let saga = self.saga(envelope.order_id.as_uuid()).await?;
@@ -111,6 +108,6 @@ impl Router for SagaRouter {
             reply: tx.into(),
         })
         .map_err(|_| HandleError::Transient("saga stopped before the record arrived".into()))?;
-        Ok(rx)
+        Ok(Routed::at_once(rx))
     }
 }
