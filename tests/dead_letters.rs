@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use chrono::Utc;
-use orderflow::actors::Service;
 use orderflow::domain::envelope::{AuthorizePayment, Envelope, OrderConfirmed, topics};
 use orderflow::domain::ids::OrderId;
 use orderflow::domain::money::Currency;
@@ -40,14 +39,7 @@ async fn poison_and_exhausted_records_are_dead_lettered_listed_and_replayed() {
     env.config.bridge.max_attempts = 2;
     env.config.bridge.retry_initial_ms = 50;
     env.config.bridge.retry_max_ms = 200;
-    let app = env
-        .spawn(&[
-            Service::Api,
-            Service::Order,
-            Service::Inventory,
-            Service::Payment,
-        ])
-        .await;
+    let app = env.spawn(support::SAGA).await;
 
     // Not an envelope at all, and an envelope the inventory service does not handle.
     let key = OrderId::new().to_string();
@@ -167,21 +159,9 @@ async fn a_backlog_waiting_for_a_busy_worker_is_not_timed_out() {
     env.config.bridge.handler_timeout_ms = 1_000;
     env.config.bridge.max_attempts = 2;
     env.config.saga.payment_timeout_ms = 60_000;
-    let app = env
-        .spawn(&[
-            Service::Api,
-            Service::Order,
-            Service::Inventory,
-            Service::Payment,
-        ])
-        .await;
+    let app = env.spawn(support::SAGA).await;
     support::create_product(&app.base, "BACKLOG", 10, 1_000).await;
-    for i in 0..ORDERS {
-        let resp = app
-            .place_order(&support::order_body(&format!("bl{i}"), &[("BACKLOG", 1)]))
-            .await;
-        assert_eq!(resp.status().as_u16(), 201);
-    }
+    app.place_orders("bl", "BACKLOG", ORDERS as usize).await;
     eventually(WAIT, "every order confirms", || async {
         let confirmed = env
             .count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")

@@ -7,21 +7,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use orderflow::actors::Service;
 use support::{TestEnv, eventually, order_body};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_orders_for_a_hundred_units_confirm_exactly_a_hundred() {
     let mut env = TestEnv::new().await;
     env.config.payment.latency_ms = 2;
-    let app = env
-        .spawn(&[
-            Service::Api,
-            Service::Order,
-            Service::Inventory,
-            Service::Payment,
-        ])
-        .await;
+    let app = env.spawn(support::SAGA).await;
     support::create_product(&app.base, "HOT", 1_000, 100).await;
 
     let statuses: Vec<u16> = futures::stream::iter(0..1_000)

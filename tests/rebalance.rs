@@ -7,7 +7,6 @@ mod support;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use orderflow::actors::Service;
 use orderflow::domain::envelope::topics;
 use support::{TestEnv, eventually, order_body};
 
@@ -21,20 +20,9 @@ async fn revoked_partitions_drain_before_they_move_and_nothing_is_handled_twice(
     env.config.payment.latency_ms = 250;
     env.config.payment.workers = 1;
     env.config.bridge.drain_timeout_ms = 30_000;
-    let services = [
-        Service::Api,
-        Service::Order,
-        Service::Inventory,
-        Service::Payment,
-    ];
-    let a = env.spawn(&services).await;
+    let a = env.spawn(support::SAGA).await;
     support::create_product(&a.base, "RB", 10, 1_000).await;
-    for i in 0..ORDERS {
-        let resp = a
-            .place_order(&order_body(&format!("rb{i}"), &[("RB", 1)]))
-            .await;
-        assert_eq!(resp.status().as_u16(), 201);
-    }
+    a.place_orders("rb", "RB", ORDERS as usize).await;
     eventually(
         Duration::from_secs(30),
         "the first payment is decided",
@@ -49,7 +37,7 @@ async fn revoked_partitions_drain_before_they_move_and_nothing_is_handled_twice(
 
     // A second process joins the consumer groups: the first one's partitions are revoked
     // while its payment bridges still have records in flight.
-    let b = env.spawn(&services).await;
+    let b = env.spawn(support::SAGA).await;
     eventually(Duration::from_secs(120), "every order confirms", || async {
         let confirmed = env
             .count("SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'")

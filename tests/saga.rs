@@ -12,12 +12,7 @@ use serde_json::{Value, json};
 use support::{TestApp, TestEnv, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
-const ALL: &[Service] = &[
-    Service::Api,
-    Service::Order,
-    Service::Inventory,
-    Service::Payment,
-];
+const ALL: &[Service] = support::SAGA;
 
 async fn env_with_short_timeouts() -> TestEnv {
     let mut env = TestEnv::new().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use orderflow::actors::Service;
 use orderflow::domain::envelope::topics;
 use ractor::ActorCell;
-use support::{TestEnv, eventually, order_body};
+use support::{TestEnv, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -20,11 +20,8 @@ fn actor(name: &str) -> Option<ActorCell> {
 /// `CancelRequested` on `order.events` is what each saga handles (no inventory runs, so the
 /// sagas wait in RESERVING until then and nothing else is published on `order.events`).
 async fn place(app: &support::TestApp, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = app
-            .place_order_id(&order_body(&format!("s{i}"), &[("SKU", 1)]))
-            .await;
+    let ids = app.place_orders("s", "SKU", n).await;
+    for id in &ids {
         let resp = app
             .http
             .post(app.url(&format!("/v1/orders/{id}/cancel")))
@@ -32,7 +29,6 @@ async fn place(app: &support::TestApp, n: usize) -> Vec<String> {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resp.status().as_u16(), 202, "cancel {id}");
-        ids.push(id);
     }
     ids
 }
@@ -121,21 +117,9 @@ async fn backpressure_pauses_partitions_and_loses_nothing() {
     env.config.bridge.max_in_flight = 2;
     env.config.payment.latency_ms = 40;
     env.config.payment.workers = 2;
-    let app = env
-        .spawn(&[
-            Service::Api,
-            Service::Order,
-            Service::Inventory,
-            Service::Payment,
-        ])
-        .await;
+    let app = env.spawn(support::SAGA).await;
     support::create_product(&app.base, "BP", 10, 1_000).await;
-    for i in 0..40 {
-        let resp = app
-            .place_order(&order_body(&format!("bp{i}"), &[("BP", 1)]))
-            .await;
-        assert_eq!(resp.status().as_u16(), 201);
-    }
+    app.place_orders("bp", "BP", 40).await;
     eventually(
         Duration::from_secs(120),
         "all 40 orders confirm",

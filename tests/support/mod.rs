@@ -202,6 +202,19 @@ impl TestApp {
         v["order_id"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Places `n` orders of one `sku` each (customers `<prefix>0`, `<prefix>1`, …), one after
+    /// another, each of which must be accepted; returns their ids.
+    pub async fn place_orders(&self, prefix: &str, sku: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(
+                self.place_order_id(&order_body(&format!("{prefix}{i}"), &[(sku, 1)]))
+                    .await,
+            );
+        }
+        ids
+    }
+
     /// The process's Prometheus metrics (`/metrics`) as text.
     pub async fn metrics(&self) -> String {
         self.http
@@ -274,6 +287,14 @@ pub async fn redeliver(config: &Config, logical_topic: &str, kind: &str, times: 
     .unwrap_or_else(|| panic!("no {kind} on {logical_topic}"));
     publish_all(config, logical_topic, &vec![original; times]).await;
 }
+
+/// The services the saga needs: order intake, the saga, inventory and payment.
+pub const SAGA: &[Service] = &[
+    Service::Api,
+    Service::Order,
+    Service::Inventory,
+    Service::Payment,
+];
 
 /// The services from order intake to the file service (what invoices and receipts need).
 pub const THROUGH_FILES: &[Service] = &[
