@@ -12,10 +12,14 @@
 //! A cancel or a timeout while RESERVING also goes to RELEASING: the release queues behind the
 //! reservation on the order's partition, so whatever inventory decided is undone.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::envelope::{AuthorizePayment, PricedLine, ReserveStock};
-use super::ids::CustomerId;
+use super::envelope::{
+    AuthorizePayment, CommitStock, Envelope, OrderCancelled, OrderConfirmed, PricedLine,
+    RefundPayment, ReleaseStock, ReserveStock, topics,
+};
+use super::ids::{CustomerId, OrderId};
 use super::money::Currency;
 use super::order::{OrderLine, OrderStatus};
 
@@ -190,6 +194,81 @@ pub struct Transition {
     pub deadline: Option<Deadline>,
     /// False when the event changes nothing (late, repeated or irrelevant): nothing is written.
     pub changed: bool,
+}
+
+impl Transition {
+    /// The outbox messages of the transition's commands: `(topic, envelope)` each.
+    pub fn command_envelopes(
+        &self,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Vec<(&'static str, Envelope)> {
+        self.commands
+            .iter()
+            .map(|c| match c {
+                SagaCommand::ReserveStock(p) => (
+                    topics::INVENTORY_COMMANDS,
+                    Envelope::new(order, p as &ReserveStock, now),
+                ),
+                SagaCommand::ReleaseStock { reason } => (
+                    topics::INVENTORY_COMMANDS,
+                    Envelope::new(
+                        order,
+                        &ReleaseStock {
+                            reason: reason.clone(),
+                        },
+                        now,
+                    ),
+                ),
+                SagaCommand::CommitStock => (
+                    topics::INVENTORY_COMMANDS,
+                    Envelope::new(order, &CommitStock {}, now),
+                ),
+                SagaCommand::AuthorizePayment(p) => (
+                    topics::PAYMENT_COMMANDS,
+                    Envelope::new(order, p as &AuthorizePayment, now),
+                ),
+                SagaCommand::RefundPayment { reason } => (
+                    topics::PAYMENT_COMMANDS,
+                    Envelope::new(
+                        order,
+                        &RefundPayment {
+                            reason: reason.clone(),
+                        },
+                        now,
+                    ),
+                ),
+                SagaCommand::Complete(Outcome::Confirmed {
+                    total_minor,
+                    currency,
+                    customer_id,
+                    lines,
+                }) => (
+                    topics::ORDER_EVENTS,
+                    Envelope::new(
+                        order,
+                        &OrderConfirmed {
+                            total_minor: *total_minor,
+                            currency: *currency,
+                            customer_id: customer_id.clone(),
+                            lines: lines.clone(),
+                        },
+                        now,
+                    ),
+                ),
+                SagaCommand::Complete(Outcome::Cancelled { reason }) => (
+                    topics::ORDER_EVENTS,
+                    Envelope::new(
+                        order,
+                        &OrderCancelled {
+                            reason: reason.clone(),
+                        },
+                        now,
+                    ),
+                ),
+            })
+            .collect()
+    }
 }
 
 fn unchanged(state: &SagaState) -> Transition {

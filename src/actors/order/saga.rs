@@ -16,15 +16,12 @@ use uuid::Uuid;
 use crate::actors::bridge::{HandleError, HandleResult, Handled};
 use crate::config::SagaConfig;
 use crate::domain::envelope::{
-    AuthorizePayment, CancelRequested, CommitStock, Envelope, OrderCancelled, OrderConfirmed,
-    OrderPlaced, Payload, PaymentAuthorized, PaymentDeclined, RefundPayment, ReleaseStock,
-    ReserveStock, SagaTimeout, StockRejected, StockReleased, StockReserved, topics,
+    CancelRequested, Envelope, OrderCancelled, OrderConfirmed, OrderPlaced, Payload,
+    PaymentAuthorized, PaymentDeclined, SagaTimeout, StockRejected, StockReleased, StockReserved,
 };
 use crate::domain::ids::OrderId;
 use crate::domain::order::DEFAULT_CARD_TOKEN;
-use crate::domain::saga::{
-    self, Deadline, Outcome, SagaCommand, SagaEvent, SagaState, SagaStatus, Transition,
-};
+use crate::domain::saga::{self, Deadline, Outcome, SagaCommand, SagaEvent, SagaState, SagaStatus};
 use crate::infra::db::messaging::OutboxMessage;
 use crate::infra::db::orders::{self as repo, SagaStep, SagaSteps, StepOutcome};
 use crate::metrics as m;
@@ -247,7 +244,7 @@ impl SagaActorState {
             return Ok(Handled::Ignored);
         }
         let order_id = OrderId::from_uuid(self.args.order_id);
-        let envelopes = command_envelopes(order_id, &transition, Utc::now());
+        let envelopes = transition.command_envelopes(order_id, Utc::now());
         let messages = envelopes
             .iter()
             .map(|(topic, env)| OutboxMessage {
@@ -350,80 +347,7 @@ pub fn first_step(
         deadline: transition
             .deadline
             .map(|d| now + deadline_length(config, d)),
-        commands: command_envelopes(order, &transition, now),
+        commands: transition.command_envelopes(order, now),
         state: transition.state,
     }
-}
-
-/// The outbox messages of a transition's commands.
-fn command_envelopes(
-    order: OrderId,
-    t: &Transition,
-    now: DateTime<Utc>,
-) -> Vec<(&'static str, Envelope)> {
-    t.commands
-        .iter()
-        .map(|c| match c {
-            SagaCommand::ReserveStock(p) => (
-                topics::INVENTORY_COMMANDS,
-                Envelope::new(order, p as &ReserveStock, now),
-            ),
-            SagaCommand::ReleaseStock { reason } => (
-                topics::INVENTORY_COMMANDS,
-                Envelope::new(
-                    order,
-                    &ReleaseStock {
-                        reason: reason.clone(),
-                    },
-                    now,
-                ),
-            ),
-            SagaCommand::CommitStock => (
-                topics::INVENTORY_COMMANDS,
-                Envelope::new(order, &CommitStock {}, now),
-            ),
-            SagaCommand::AuthorizePayment(p) => (
-                topics::PAYMENT_COMMANDS,
-                Envelope::new(order, p as &AuthorizePayment, now),
-            ),
-            SagaCommand::RefundPayment { reason } => (
-                topics::PAYMENT_COMMANDS,
-                Envelope::new(
-                    order,
-                    &RefundPayment {
-                        reason: reason.clone(),
-                    },
-                    now,
-                ),
-            ),
-            SagaCommand::Complete(Outcome::Confirmed {
-                total_minor,
-                currency,
-                customer_id,
-                lines,
-            }) => (
-                topics::ORDER_EVENTS,
-                Envelope::new(
-                    order,
-                    &OrderConfirmed {
-                        total_minor: *total_minor,
-                        currency: *currency,
-                        customer_id: customer_id.clone(),
-                        lines: lines.clone(),
-                    },
-                    now,
-                ),
-            ),
-            SagaCommand::Complete(Outcome::Cancelled { reason }) => (
-                topics::ORDER_EVENTS,
-                Envelope::new(
-                    order,
-                    &OrderCancelled {
-                        reason: reason.clone(),
-                    },
-                    now,
-                ),
-            ),
-        })
-        .collect()
 }
