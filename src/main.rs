@@ -42,8 +42,12 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
-    /// Send orders at a constant rate and report throughput and latencies.
+    /// Send orders at a constant rate and report throughput, latencies and cost per order.
     Load {
+        /// The roles to run in this process: `core` (api, order, inventory, payment), `all`,
+        /// or a comma-separated list. Ignored with `--url`.
+        #[arg(long, default_value = "all")]
+        services: String,
         /// Orders per second (open model: sent on schedule whatever the responses take).
         #[arg(long, default_value_t = 200)]
         rate: u32,
@@ -115,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Load {
+            services,
             rate,
             duration,
             customers,
@@ -126,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
             token,
         } => {
             let opts = orderflow::load::LoadOptions {
+                services: Service::parse_list(&services).map_err(anyhow::Error::msg)?,
+                profile: services,
                 url,
                 rate,
                 duration: std::time::Duration::from_secs(duration),

@@ -23,6 +23,7 @@ pub const WRITER_BATCH_JOBS: &str = "orderflow_writer_batch_jobs";
 pub const WRITER_BATCH_SECONDS: &str = "orderflow_writer_batch_seconds";
 pub const WRITER_SPLITS: &str = "orderflow_writer_batch_splits_total";
 pub const GROUP_ITEMS: &str = "orderflow_db_group_items";
+pub const CONSUMER_BATCH_RECORDS: &str = "orderflow_consumer_batch_records";
 pub const CIRCUIT_STATE: &str = "orderflow_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "orderflow_circuit_transitions_total";
 pub const AUTH_FAILURES: &str = "orderflow_auth_failures_total";
@@ -54,6 +55,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(GROUP_ITEMS.into()),
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(CONSUMER_BATCH_RECORDS.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
                     )
                 })
                 .map(PrometheusBuilder::build_recorder);
@@ -112,6 +119,10 @@ fn describe() {
     describe_histogram!(
         GROUP_ITEMS,
         "Requests written together by one set-based statement group (reservations, stock commits)"
+    );
+    describe_histogram!(
+        CONSUMER_BATCH_RECORDS,
+        "Records a service's consumer took from Kafka in one batch (what one poll had fetched), by service"
     );
     describe_histogram!(
         WRITER_BATCH_SECONDS,

@@ -45,6 +45,14 @@ impl Service {
         Service::Notification,
         Service::Api,
     ];
+    /// The roles an order needs to reach CONFIRMED: intake, saga, stock and payment (no
+    /// documents, no mails). `orderflow load --services core` measures this path.
+    pub const CORE: &'static [Service] = &[
+        Service::Order,
+        Service::Inventory,
+        Service::Payment,
+        Service::Api,
+    ];
     /// Services of the design that later releases add; asking for them is a clear error.
     pub const PLANNED: &'static [&'static str] = &[];
 
@@ -59,12 +67,14 @@ impl Service {
         }
     }
 
-    /// Parses `all` or a comma-separated list.
+    /// Parses `all`, `core` or a comma-separated list (which may mix them with names).
     pub fn parse_list(s: &str) -> Result<Vec<Service>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "all" {
                 out.extend_from_slice(Self::ALL);
+            } else if part == "core" {
+                out.extend_from_slice(Self::CORE);
             } else {
                 out.push(part.parse()?);
             }
@@ -98,7 +108,7 @@ impl FromStr for Service {
                 "service {other:?} is part of the design but not implemented in this release"
             )),
             other => Err(format!(
-                "unknown service {other:?}; expected all or a list of: api, order, inventory, payment"
+                "unknown service {other:?}; expected all, core or a list of: api, order, inventory, payment, file, notification"
             )),
         }
     }
@@ -124,6 +134,25 @@ mod tests {
         assert_eq!(
             Service::parse_list("order, api,order"),
             Ok(vec![Service::Api, Service::Order])
+        );
+        assert_eq!(
+            Service::parse_list("core"),
+            Ok(vec![
+                Service::Api,
+                Service::Order,
+                Service::Inventory,
+                Service::Payment
+            ])
+        );
+        assert_eq!(
+            Service::parse_list("core,file"),
+            Ok(vec![
+                Service::Api,
+                Service::Order,
+                Service::Inventory,
+                Service::Payment,
+                Service::File
+            ])
         );
         assert!(Service::parse_list("").is_err());
         assert!(Service::parse_list("bogus").is_err());

@@ -110,7 +110,12 @@ impl Actor for ServiceSupervisor {
         // Rebalance events travel on their own task: a revoke blocks the consume task (inside
         // the consumer's poll) until the service has drained the partitions.
         tokio::spawn(forward_rebalances(events, myself.clone()));
-        let consume_task = tokio::spawn(consume(consumer.clone(), myself.clone(), stop_rx));
+        let consume_task = tokio::spawn(consume(
+            consumer.clone(),
+            myself.clone(),
+            stop_rx,
+            args.name,
+        ));
         let router = (args.router)(myself.get_cell());
         tracing::info!(service = args.name, ?topics, "service consuming");
         Ok(ServiceState {
@@ -333,6 +338,7 @@ async fn consume(
     consumer: Arc<BridgeConsumer>,
     service: ActorRef<ServiceMsg>,
     mut stop: watch::Receiver<bool>,
+    name: &'static str,
 ) {
     loop {
         tokio::select! {
@@ -355,6 +361,8 @@ async fn consume(
                         _ => break,
                     }
                 }
+                metrics::histogram!(m::CONSUMER_BATCH_RECORDS, "service" => name)
+                    .record(batch.len() as f64);
                 if service.cast(ServiceMsg::Batch(batch)).is_err() { break; }
             }
         }

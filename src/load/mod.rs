@@ -1,8 +1,12 @@
 //! `orderflow load`: an open-model load generator. Orders are sent at a constant arrival rate
 //! whatever the responses take (each request's latency counts from the instant it was due, so
 //! a slow server cannot hide queueing), then followed on `order.events` until each reaches a
-//! terminal state. By default it starts all services in this same process, on the local
-//! infrastructure, so the process RSS it reports is the whole system's.
+//! terminal state. By default it starts the chosen services (`--services`) in this same
+//! process, on the local infrastructure, so the process RSS it reports is the whole system's.
+//! Over the send window it also measures what the orders cost (`measure`): CPU per order of
+//! every local server, SQL statements, Kafka messages and batch sizes per stage.
+
+pub mod measure;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -27,6 +31,10 @@ use crate::infra::kafka;
 pub struct LoadOptions {
     /// Target an already running deployment instead of starting one in this process.
     pub url: Option<String>,
+    /// The roles to run in this process (ignored with `url`).
+    pub services: Vec<Service>,
+    /// How the report names that set (`core`, `all`, or the list as given).
+    pub profile: String,
     pub rate: u32,
     pub duration: Duration,
     pub customers: u32,
@@ -63,23 +71,34 @@ impl Percentiles {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
-    pub target_rate: u32,
+    /// The roles that ran (`core`, `all` or a list).
+    pub profile: String,
+    pub offered_per_s: f64,
     pub duration_s: f64,
     pub sent: u64,
     pub accepted: u64,
     pub accepted_per_s: f64,
+    /// Orders that reached a terminal state within the send window, per second of it.
+    pub completed_per_s: f64,
+    /// Orders that reached a terminal state in the first 5 s of sending, per second.
+    pub first_5s_completed_per_s: f64,
     /// POST latency in milliseconds, measured from the instant each request was due.
-    pub post_latency_ms: Percentiles,
+    pub post_ms: Percentiles,
     /// From the `201` to the order's terminal event on Kafka, in milliseconds.
-    pub accepted_to_terminal_ms: Percentiles,
+    pub e2e_ms: Percentiles,
     pub confirmed: u64,
     pub cancelled: u64,
     /// Accepted orders without a terminal event when the settle time ran out.
-    pub unfinished: u64,
+    pub not_terminal: u64,
     pub errors: BTreeMap<String, u64>,
     /// Highest resident set size of this process during the run (MiB).
-    pub max_rss_mib: f64,
+    pub rss_mib_max: f64,
     pub in_process: bool,
+    /// PostgreSQL's `fsync` setting during the run (`off` makes the numbers incomparable).
+    pub fsync: Option<String>,
+    /// What the send window cost per completed order.
+    #[serde(flatten)]
+    pub costs: measure::Costs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +157,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
             // One subject sends every order: the per-subject limits would refuse most of them
             // by design. The load measures the pipeline; the limiter has its own test.
             config.rate_limit.enabled = false;
-            let app = App::build(config.clone(), Service::ALL)
+            let app = App::build(config.clone(), &opts.services)
                 .await
                 .map_err(|e| LoadError::Start(e.to_string()))?;
             let base = format!("http://{}", app.local_addr());
@@ -199,6 +218,14 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
     // Measure a running system: one order through the whole saga before the clock starts
     // (consumer groups joined, connections open, topics warm).
     warm_up(&http, &base, &mut terminal_rx).await?;
+    let pool = crate::infra::db::connect(&config.database).ok();
+    let fsync = match &pool {
+        Some(pool) => measure::fsync(pool).await,
+        None => None,
+    };
+    let in_process = opts.url.is_none();
+    let window_start =
+        measure::Snapshot::take(in_process, pool.as_ref(), scrape(&http, &base).await).await;
 
     // Open model: one request per tick, each in its own task.
     let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -255,6 +282,11 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         let _ = r.await;
     }
     let sending = started.elapsed();
+    let window_end =
+        measure::Snapshot::take(in_process, pool.as_ref(), scrape(&http, &base).await).await;
+    let window_closed = Instant::now();
+    let first_5s = started + Duration::from_secs(5);
+    let (mut in_window, mut in_first_5s) = (0u64, 0u64);
 
     // Follow every accepted order to its end, or until the settle time runs out.
     let mut terminal_hist = new_hist();
@@ -283,6 +315,8 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
             Some(accepted_at) => {
                 terminal_hist.saturating_record(at.saturating_duration_since(accepted_at).as_micros() as u64);
                 if *ok { confirmed += 1 } else { cancelled += 1 }
+                in_window += u64::from(*at <= window_closed);
+                in_first_5s += u64::from(*at <= first_5s);
                 false
             }
             None => true,
@@ -311,27 +345,48 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         }
     }
     rss_task.abort();
+    if let Some(pool) = pool {
+        pool.close().await;
+    }
 
+    let window_s = window_closed
+        .saturating_duration_since(started)
+        .as_secs_f64()
+        .max(0.001);
     let report = LoadReport {
-        target_rate: opts.rate,
+        profile: opts.profile.clone(),
+        offered_per_s: f64::from(opts.rate),
         duration_s: sending.as_secs_f64(),
         sent: total,
         accepted: n_accepted,
         accepted_per_s: n_accepted as f64 / sending.as_secs_f64().max(0.001),
-        post_latency_ms: Percentiles::of(&lock(&post_hist)),
-        accepted_to_terminal_ms: Percentiles::of(&terminal_hist),
+        completed_per_s: in_window as f64 / window_s,
+        first_5s_completed_per_s: in_first_5s as f64 / window_s.min(5.0),
+        post_ms: Percentiles::of(&lock(&post_hist)),
+        e2e_ms: Percentiles::of(&terminal_hist),
         confirmed,
         cancelled,
-        unfinished: pending.len() as u64,
+        not_terminal: pending.len() as u64,
         errors: lock(&errors).clone(),
-        max_rss_mib: *lock(&rss) as f64 / 1024.0,
-        in_process: opts.url.is_none(),
+        rss_mib_max: *lock(&rss) as f64 / 1024.0,
+        in_process,
+        fsync,
+        costs: window_start.costs_until(&window_end, in_window),
     };
     if let Some(path) = &opts.out {
         let json = serde_json::to_vec_pretty(&report).map_err(setup)?;
         std::fs::write(path, json).map_err(setup)?;
     }
     Ok(report)
+}
+
+/// The deployment's Prometheus metrics as text (`None` when they cannot be read).
+async fn scrape(http: &reqwest::Client, base: &str) -> Option<String> {
+    let resp = http.get(format!("{base}/metrics")).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.text().await.ok()
 }
 
 /// Places one order and waits for its terminal event.
@@ -436,19 +491,38 @@ async fn sample_rss(max: Arc<Mutex<u64>>) {
 
 impl LoadReport {
     pub fn summary(&self) -> String {
-        let p = &self.post_latency_ms;
-        let t = &self.accepted_to_terminal_ms;
+        let p = &self.post_ms;
+        let t = &self.e2e_ms;
+        let c = &self.costs;
+        let cpu: Vec<String> = c
+            .cpu_ms_per_order
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.3}"))
+            .collect();
+        let batches: Vec<String> = c
+            .batch_mean
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
         format!(
-            "target {} orders/s for {:.1} s: sent {}, accepted {} ({:.0}/s)\n\
+            "profile {}: offered {} orders/s for {:.1} s: sent {}, accepted {} ({:.0}/s), \
+             completed {:.0}/s (first 5 s {:.0}/s)\n\
              POST latency ms            p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
              accepted->terminal ms      p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
-             confirmed {}, cancelled {}, unfinished {}, errors {:?}\n\
-             max RSS {:.1} MiB ({})",
-            self.target_rate,
+             confirmed {}, cancelled {}, not terminal {}, errors {:?}\n\
+             CPU ms per order           {} (total {:.3})\n\
+             per order                  SQL statements {}, Kafka messages {}\n\
+             mean batch                 {}\n\
+             max RSS {:.1} MiB, fsync {} ({})",
+            self.profile,
+            self.offered_per_s,
             self.duration_s,
             self.sent,
             self.accepted,
             self.accepted_per_s,
+            self.completed_per_s,
+            self.first_5s_completed_per_s,
             p.p50,
             p.p99,
             p.p999,
@@ -459,11 +533,17 @@ impl LoadReport {
             t.max,
             self.confirmed,
             self.cancelled,
-            self.unfinished,
+            self.not_terminal,
             self.errors,
-            self.max_rss_mib,
+            cpu.join(", "),
+            c.cpu_ms_per_order.values().sum::<f64>(),
+            opt(c.sql_statements_per_order),
+            opt(c.kafka_messages_per_order),
+            batches.join(", "),
+            self.rss_mib_max,
+            self.fsync.as_deref().unwrap_or("unknown"),
             if self.in_process {
-                "all services and the load generator in this process"
+                "the services and the load generator in this process"
             } else {
                 "load generator only"
             }
