@@ -486,7 +486,7 @@ pub struct NotificationsConfig {
 impl Default for NotificationsConfig {
     fn default() -> Self {
         Self {
-            workers: 4,
+            workers: 16,
             public_url: "http://127.0.0.1:8080".into(),
         }
     }
@@ -517,7 +517,7 @@ impl Default for FilesConfig {
             seller: "Orderflow Demo Shop".into(),
             vat_percent: 20,
             presign_ttl_secs: 300,
-            workers: 4,
+            workers: 16,
             max_upload_bytes: 16 * 1024 * 1024,
             multipart_part_bytes: 5 * 1024 * 1024,
         }
@@ -624,7 +624,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             linger_ms: 5,
             fetch_min_bytes: 8_192,
-            fetch_wait_max_ms: 10,
+            fetch_wait_max_ms: 50,
             request_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
         }
@@ -684,7 +684,7 @@ impl Default for SagaConfig {
 impl Default for InventoryConfig {
     fn default() -> Self {
         Self {
-            workers: 8,
+            workers: 64,
             reservation_ttl_secs: 900,
             expiry_interval_ms: 5_000,
         }
@@ -694,7 +694,7 @@ impl Default for InventoryConfig {
 impl Default for PaymentConfig {
     fn default() -> Self {
         Self {
-            workers: 32,
+            workers: 128,
             provider_timeout_ms: 10_000,
             latency_ms: 20,
             slow_latency_ms: 3_000,
@@ -850,7 +850,12 @@ impl Config {
             "ORDERFLOW_NOTIFICATIONS_PUBLIC_URL",
             &mut self.notifications.public_url,
         );
+        env.parse(
+            "ORDERFLOW_NOTIFICATIONS_WORKERS",
+            &mut self.notifications.workers,
+        )?;
         env.string("ORDERFLOW_FILES_SELLER", &mut self.files.seller);
+        env.parse("ORDERFLOW_FILES_WORKERS", &mut self.files.workers)?;
         env.parse("ORDERFLOW_FILES_VAT_PERCENT", &mut self.files.vat_percent)?;
         env.parse(
             "ORDERFLOW_FILES_MAX_UPLOAD_BYTES",

@@ -245,8 +245,11 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
             post_hist.clone(),
             errors.clone(),
         );
+        let customer = i % u64::from(opts.customers.max(1));
+        // With an address, so the notification service (in `all`) sends the order's mails.
         let body = json!({
-            "customer_id": format!("load-customer-{}", i % u64::from(opts.customers.max(1))),
+            "customer_id": format!("load-customer-{customer}"),
+            "email": format!("load-customer-{customer}@example.com"),
             "currency": "EUR",
             "lines": [{"sku": format!("LOAD-{:04}", i % u64::from(opts.skus.max(1))), "quantity": 1}],
         });
