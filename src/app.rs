@@ -153,6 +153,10 @@ impl App {
             },
         ));
         let instance = uuid::Uuid::now_v7().simple().to_string();
+        let open_orders = Arc::new(crate::admission::OpenOrders::new(
+            config.http.max_open_orders,
+            Duration::from_millis(config.http.open_order_max_age_ms),
+        ));
 
         let (root, root_handle) = Actor::spawn(
             Some(format!("{instance}/root")),
@@ -169,6 +173,7 @@ impl App {
                 mailer,
                 smtp_breaker: smtp_breaker.clone(),
                 instance: instance.clone(),
+                open_orders: open_orders.clone(),
             },
         )
         .await
@@ -198,6 +203,7 @@ impl App {
             }),
             serve_v1: services.contains(&Service::Api),
             instance: instance.clone(),
+            open_orders,
         };
         let listener = tokio::net::TcpListener::bind(config.http.bind)
             .await

@@ -337,6 +337,12 @@ pub struct HttpConfig {
     /// the request body included (an upload must arrive within it); response bodies and
     /// websockets stream without a deadline.
     pub request_timeout_ms: u64,
+    /// Orders this process accepted that may be open (not yet confirmed or cancelled) at once;
+    /// beyond it `POST /v1/orders` answers 503 `overloaded` at once (0: no bound). Keeps the
+    /// pipeline completing at its capacity under overload instead of queueing everything.
+    pub max_open_orders: usize,
+    /// After this long an open order whose end this process did not see stops counting.
+    pub open_order_max_age_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -597,6 +603,8 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 32 * 1024,
             request_timeout_ms: 30_000,
+            max_open_orders: 1_000,
+            open_order_max_age_ms: 60_000,
         }
     }
 }
@@ -950,6 +958,14 @@ impl Config {
             "ORDERFLOW_HTTP_REQUEST_TIMEOUT_MS",
             &mut self.http.request_timeout_ms,
         )?;
+        env.parse(
+            "ORDERFLOW_HTTP_MAX_OPEN_ORDERS",
+            &mut self.http.max_open_orders,
+        )?;
+        env.parse(
+            "ORDERFLOW_HTTP_OPEN_ORDER_MAX_AGE_MS",
+            &mut self.http.open_order_max_age_ms,
+        )?;
         if let Some(v) = lookup("ORDERFLOW_HTTP_CORS_ALLOWED_ORIGINS") {
             self.http.cors_allowed_origins = v
                 .split(',')
@@ -1008,6 +1024,9 @@ impl Config {
         if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size
         {
             return bad("http.default_page_size must be between 1 and http.max_page_size");
+        }
+        if self.http.open_order_max_age_ms == 0 {
+            return bad("http.open_order_max_age_ms must be at least 1");
         }
         if self.database.max_connections < 2 {
             return bad("database.max_connections must be at least 2");

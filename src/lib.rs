@@ -4,6 +4,7 @@
 //! in `infra`, and `domain` holds the pure types. `app` wires them together.
 
 pub mod actors;
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -9,6 +9,7 @@ pub const HTTP_REQUESTS: &str = "orderflow_http_requests_total";
 pub const HTTP_DURATION: &str = "orderflow_http_request_duration_seconds";
 pub const ORDERS_ACCEPTED: &str = "orderflow_orders_accepted_total";
 pub const ORDERS_REJECTED: &str = "orderflow_orders_rejected_total";
+pub const INTAKE_OPEN_ORDERS: &str = "orderflow_intake_open_orders";
 pub const OUTBOX_PUBLISHED: &str = "orderflow_outbox_published_total";
 pub const OUTBOX_PUBLISH_ERRORS: &str = "orderflow_outbox_publish_errors_total";
 pub const OUTBOX_BATCH_SECONDS: &str = "orderflow_outbox_batch_seconds";
@@ -133,6 +134,10 @@ fn describe() {
         "Writer batches rolled back because one job failed, then run job by job"
     );
     describe_counter!(ORDERS_REJECTED, "Order requests rejected, by error code");
+    describe_gauge!(
+        INTAKE_OPEN_ORDERS,
+        "Orders this process accepted that are not yet confirmed or cancelled (bounded by http.max_open_orders)"
+    );
     describe_gauge!(
         CIRCUIT_STATE,
         "Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open"

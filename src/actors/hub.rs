@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::admission::OpenOrders;
 use crate::config::Config;
 use crate::domain::envelope::{Envelope, topics};
 
@@ -69,12 +70,13 @@ pub struct StatusHub;
 impl Actor for StatusHub {
     type Msg = HubMsg;
     type State = HubState;
-    type Arguments = Arc<Config>;
+    /// The configuration, and the intake's open orders (closed here on their terminal events).
+    type Arguments = (Arc<Config>, Arc<OpenOrders>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        config: Arc<Config>,
+        (config, open_orders): (Arc<Config>, Arc<OpenOrders>),
     ) -> Result<Self::State, ActorProcessingErr> {
         // Metadata lookups block: keep them off the async workers.
         let cfg = config.clone();
@@ -89,6 +91,13 @@ impl Actor for StatusHub {
                             .key()
                             .and_then(|k| std::str::from_utf8(k).ok())
                             .and_then(|k| Uuid::try_parse(k).ok());
+                        if let Some(order) = key
+                            && is_terminal(&msg)
+                            && open_orders.finished(order)
+                        {
+                            metrics::gauge!(crate::metrics::INTAKE_OPEN_ORDERS)
+                                .set(open_orders.len() as f64);
+                        }
                         let watched = |k: Uuid| {
                             watching
                                 .read()
@@ -178,6 +187,16 @@ impl HubState {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&order_id);
     }
+}
+
+/// Whether a record is an order's terminal event, by its type header (nothing is decoded).
+fn is_terminal(msg: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    msg.headers().is_some_and(|h| {
+        h.iter().any(|h| {
+            h.key == "message-type"
+                && matches!(h.value, Some(b"OrderConfirmed" | b"OrderCancelled"))
+        })
+    })
 }
 
 /// A consumer assigned every partition of the events topics, at their ends.

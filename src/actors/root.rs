@@ -86,6 +86,8 @@ pub struct RootArgs {
     pub mailer: Mailer,
     pub smtp_breaker: Arc<CircuitBreaker>,
     pub instance: String,
+    /// The intake's open orders, which the status hub closes on their terminal events.
+    pub open_orders: Arc<crate::admission::OpenOrders>,
 }
 
 pub struct RootState {
@@ -291,7 +293,8 @@ impl RootState {
                     .get_cell()
             }
             Child::StatusHub => {
-                Actor::spawn_linked(Some(name), StatusHub, a.config.clone(), supervisor)
+                let args = (a.config.clone(), a.open_orders.clone());
+                Actor::spawn_linked(Some(name), StatusHub, args, supervisor)
                     .await?
                     .0
                     .get_cell()

@@ -41,6 +41,7 @@ pub const CODES: &[&str] = &[
     "idempotency_key_reused",
     "idempotency_key_in_use",
     "rate_limited",
+    "overloaded",
     "customer_mismatch",
     "unsupported_file_type",
     "invalid_file_name",
@@ -81,6 +82,9 @@ pub fn lookup(code: &str) -> Option<&'static str> {
         "route_not_found" => "No route matches this path.",
         "method_not_allowed" => {
             "The route exists but not with this HTTP method; the Allow header lists the methods it takes."
+        }
+        "overloaded" => {
+            "This server has http.max_open_orders orders in progress (accepted, not yet confirmed or cancelled) and takes no more until some finish. Nothing was stored: retry after Retry-After seconds."
         }
         "deadline_exceeded" => {
             "The response did not start within http.request_timeout_ms. The request may still take effect: retry with the same Idempotency-Key."

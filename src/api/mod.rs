@@ -54,6 +54,8 @@ pub struct ApiContext {
     pub serve_v1: bool,
     /// This process's actor-name prefix (to find the status hub).
     pub instance: String,
+    /// The intake's bound on orders in progress (the status hub reports their ends).
+    pub open_orders: Arc<crate::admission::OpenOrders>,
 }
 
 fn with_ctx(ctx: ApiContext) -> impl Filter<Extract = (ApiContext,), Error = Infallible> + Clone {

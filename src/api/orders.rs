@@ -96,6 +96,7 @@ fn is_json(content_type: Option<&str>) -> bool {
         (status = 413, description = "body_too_large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "unsupported_media_type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_customer_id, unknown_currency, no_order_lines, too_many_order_lines, invalid_sku, invalid_quantity, duplicate_sku, invalid_card_token, invalid_email, idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "overloaded (too many orders in progress; retry after `Retry-After` seconds), service_unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["orders:write"])))]
 pub(crate) async fn place_order(
@@ -138,6 +139,11 @@ pub(crate) async fn place_order(
         .map(|t| t.child())
         .unwrap_or_else(TraceContext::new_root);
     let id = OrderId::new();
+    // Counted as open from before its write, so its terminal event cannot come first.
+    if let Err(full) = ctx.open_orders.admit(id.as_uuid()) {
+        idempotency::release(&ctx, claimed.as_ref()).await;
+        return Err(reject(ApiError::Overloaded(full.open)));
+    }
     let now = Utc::now();
     let placed = OrderPlaced {
         customer_id: order.customer_id.clone(),
@@ -179,11 +185,13 @@ pub(crate) async fn place_order(
     let record = match record {
         Ok(r) => r,
         Err(e) => {
+            ctx.open_orders.abandon(id.as_uuid());
             idempotency::release(&ctx, claimed.as_ref()).await;
             return Err(unavailable(e));
         }
     };
     metrics::counter!(crate::metrics::ORDERS_ACCEPTED).increment(1);
+    metrics::gauge!(crate::metrics::INTAKE_OPEN_ORDERS).set(ctx.open_orders.len() as f64);
     tracing::debug!(order_id = %id, trace_id = %trace.trace_id_hex(), lines = order.lines.len(), "order accepted");
     let location = format!("/v1/orders/{id}");
     let reply = warp::reply::with_status(warp::reply::json(&record), StatusCode::CREATED);

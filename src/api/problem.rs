@@ -94,6 +94,9 @@ pub enum ApiError {
     FileNotFound(String),
     #[error("{0}")]
     OrderNotCancellable(String),
+    /// The intake is at its bound of open orders (`http.max_open_orders`).
+    #[error("{0} orders are still in progress, the most this server takes at once; retry shortly")]
+    Overloaded(usize),
     /// A dependency failed; the detail is logged, never shown.
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
@@ -153,6 +156,7 @@ impl ApiError {
             ApiError::InvalidFileId(_) => "invalid_file_id",
             ApiError::FileNotFound(_) => "file_not_found",
             ApiError::OrderNotCancellable(_) => "order_not_cancellable",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable(_) => "service_unavailable",
         }
     }
@@ -192,7 +196,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::CorsForbidden => StatusCode::FORBIDDEN,
-            ApiError::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DeadlineExceeded | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientScope(_) | ApiError::CustomerMismatch(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -303,7 +307,10 @@ pub async fn recover(
         }
         _ => tracing::info!(code = error.code(), detail = %error, "request rejected"),
     }
-    if let ApiError::Validation(_) | ApiError::MalformedJson(_) | ApiError::UnknownField(_) = &error
+    if let ApiError::Validation(_)
+    | ApiError::MalformedJson(_)
+    | ApiError::UnknownField(_)
+    | ApiError::Overloaded(_) = &error
     {
         metrics::counter!(crate::metrics::ORDERS_REJECTED, "code" => error.code()).increment(1);
     }
@@ -322,7 +329,7 @@ pub async fn recover(
             warp::http::HeaderValue::from_static("websocket"),
         );
     }
-    if let ApiError::IdempotencyKeyInUse = &error {
+    if let ApiError::IdempotencyKeyInUse | ApiError::Overloaded(_) = &error {
         resp.headers_mut().insert(
             warp::http::header::RETRY_AFTER,
             warp::http::HeaderValue::from_static("1"),
@@ -480,6 +487,7 @@ mod tests {
             ApiError::InvalidFileId(String::new()),
             ApiError::FileNotFound(String::new()),
             ApiError::OrderNotCancellable(String::new()),
+            ApiError::Overloaded(0),
         ];
         for e in samples {
             assert!(
