@@ -207,3 +207,75 @@ async fn redelivered_and_repeated_authorizations_charge_once() {
     app.app.shutdown().await;
     env.cleanup().await;
 }
+
+/// The batch path of the payment decisions, straight against PostgreSQL: one group holding a
+/// message twice, two messages for one order and a message for another order stores each
+/// message once, one payment per order (the first decision wins) and one reply per message.
+#[tokio::test]
+async fn a_group_of_decisions_with_duplicates_stores_each_message_once() {
+    use orderflow::domain::envelope::PaymentDeclined;
+    use orderflow::infra::db::messaging::Schema;
+    use orderflow::infra::db::payment::{Handling, NewPayment, PaymentDecisions};
+
+    let env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let writers = support::writers(&env.pool);
+    let decisions = PaymentDecisions::start(writers.get(Schema::Payment).clone(), 16);
+    let (a, b) = (OrderId::new(), OrderId::new());
+    let (m1, m2, m3) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let h = |message_id| Handling {
+        consumer: "payment-commands",
+        message_id,
+        traceparent: None,
+    };
+    let pay = |order_id, approved| NewPayment {
+        order_id,
+        approved,
+        amount_minor: 1_000,
+        currency: "EUR",
+        card_token: "tok_visa",
+        provider_ref: approved.then_some("ref-1"),
+        decline_reason: (!approved).then_some("card_declined"),
+    };
+    let approved = PaymentAuthorized {
+        amount_minor: 1_000,
+        currency: Currency::parse("EUR").unwrap_or_else(|| unreachable!()),
+        provider_ref: "ref-1".into(),
+    };
+    let declined = PaymentDeclined {
+        reason: "card_declined".into(),
+    };
+    let (h1, h2, h3) = (h(m1), h(m2), h(m3));
+    let (pa_yes, pa_no, pb_yes) = (pay(a, true), pay(a, false), pay(b, true));
+    // On this single-threaded runtime all four are queued before the group task runs, so they
+    // are written as one group.
+    let results = futures::future::join_all([
+        Box::pin(decisions.record(&h1, &pa_yes, &approved))
+            as std::pin::Pin<Box<dyn Future<Output = _>>>,
+        Box::pin(decisions.record(&h1, &pa_yes, &approved)),
+        Box::pin(decisions.record(&h2, &pa_no, &declined)),
+        Box::pin(decisions.record(&h3, &pb_yes, &approved)),
+    ])
+    .await;
+    let fresh: Vec<Option<bool>> = results.iter().map(|r| r.as_ref().ok().copied()).collect();
+    assert_eq!(fresh, [Some(true), Some(false), Some(true), Some(true)]);
+    assert_eq!(env.count("SELECT count(*) FROM payment.inbox").await, 3);
+    assert_eq!(env.count("SELECT count(*) FROM payment.outbox").await, 3);
+    assert_eq!(
+        env.count("SELECT count(*) FROM payment.payments WHERE status = 'AUTHORIZED'")
+            .await,
+        2,
+        "the first decision for order a wins over the later decline"
+    );
+    // Alone and later, a message handled before changes nothing.
+    let again = decisions.record(&h2, &pa_no, &declined).await;
+    assert_eq!(again.ok(), Some(false));
+    assert_eq!(env.count("SELECT count(*) FROM payment.outbox").await, 3);
+    env.cleanup().await;
+}

@@ -16,7 +16,7 @@ use crate::domain::envelope::{
     AuthorizePayment, Envelope, PaymentAuthorized, PaymentDeclined, PaymentRefunded, RefundPayment,
 };
 use crate::infra::db::messaging::Schema;
-use crate::infra::db::payment::{self as repo, Handling, NewPayment};
+use crate::infra::db::payment::{self as repo, Handling, NewPayment, PaymentDecisions};
 use crate::infra::db::writer::Writers;
 use crate::infra::payment_provider::{AuthorizeRequest, Decision, PaymentProvider};
 
@@ -28,6 +28,8 @@ pub struct PaymentHandler {
     provider: Arc<dyn PaymentProvider>,
     provider_timeout: Duration,
     writers: Writers,
+    /// Decisions are stored in groups: one statement per group, not one per payment.
+    decisions: PaymentDecisions,
 }
 
 impl PaymentHandler {
@@ -37,11 +39,16 @@ impl PaymentHandler {
         config: &Config,
         writers: Writers,
     ) -> Self {
+        let decisions = PaymentDecisions::start(
+            writers.get(Schema::Payment).clone(),
+            config.database.batch_max,
+        );
         Self {
             pool,
             provider,
             provider_timeout: Duration::from_millis(config.payment.provider_timeout_ms),
             writers,
+            decisions,
         }
     }
 
@@ -88,7 +95,7 @@ impl PaymentHandler {
                     currency: cmd.currency,
                     provider_ref: reference.clone(),
                 };
-                repo::record_decision(self.writers.get(Schema::Payment), h, &payment, &answer).await
+                self.decisions.record(h, &payment, &answer).await
             }
             Decision::Declined { code } => {
                 let payment = NewPayment {
@@ -103,7 +110,7 @@ impl PaymentHandler {
                 let answer = PaymentDeclined {
                     reason: code.clone(),
                 };
-                repo::record_decision(self.writers.get(Schema::Payment), h, &payment, &answer).await
+                self.decisions.record(h, &payment, &answer).await
             }
         }
         .map_err(|e| transient(e.to_string()))?;
