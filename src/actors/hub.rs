@@ -212,7 +212,11 @@ fn events_consumer(config: &Config) -> Result<StreamConsumer, ActorProcessingErr
             "fetch.wait.max.ms",
             config.kafka.fetch_wait_max_ms.to_string(),
         )
-        .set("fetch.min.bytes", config.kafka.fetch_min_bytes.to_string())
+        // Latency first, whatever the services' batching: the hub answers people watching an
+        // order, and with the services' 8 KiB minimum one fetch brought an order's
+        // PaymentAuthorized and OrderConfirmed together, in no order across their topics, so
+        // a stream could close (on the terminal event) before showing the payment.
+        .set("fetch.min.bytes", "1")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for logical in [
