@@ -483,7 +483,7 @@ impl Default for SmtpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotificationsConfig {
-    /// Keyed workers sending mails.
+    /// Mails sent at once (per process, across the partitions' batches).
     pub workers: usize,
     /// The API's public address, for the links in mails.
     pub public_url: String,
@@ -508,7 +508,7 @@ pub struct FilesConfig {
     pub vat_percent: u32,
     /// How long a presigned download link stays valid.
     pub presign_ttl_secs: u64,
-    /// Keyed workers rendering and uploading documents.
+    /// Documents rendered and uploaded at once (per process, across the partitions' batches).
     pub workers: usize,
     /// The largest file a user may upload.
     pub max_upload_bytes: u64,

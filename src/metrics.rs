@@ -25,6 +25,7 @@ pub const WRITER_BATCH_SECONDS: &str = "orderflow_writer_batch_seconds";
 pub const WRITER_SPLITS: &str = "orderflow_writer_batch_splits_total";
 pub const GROUP_ITEMS: &str = "orderflow_db_group_items";
 pub const CONSUMER_BATCH_RECORDS: &str = "orderflow_consumer_batch_records";
+pub const HANDLER_BATCH_RECORDS: &str = "orderflow_handler_batch_records";
 pub const CIRCUIT_STATE: &str = "orderflow_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "orderflow_circuit_transitions_total";
 pub const AUTH_FAILURES: &str = "orderflow_auth_failures_total";
@@ -61,6 +62,12 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(CONSUMER_BATCH_RECORDS.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(HANDLER_BATCH_RECORDS.into()),
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
                     )
                 })
@@ -124,6 +131,10 @@ fn describe() {
     describe_histogram!(
         CONSUMER_BATCH_RECORDS,
         "Records a service's consumer took from Kafka in one batch (what one poll had fetched), by service"
+    );
+    describe_histogram!(
+        HANDLER_BATCH_RECORDS,
+        "Records a batch handler decided together (one partition's records that waited), by service"
     );
     describe_histogram!(
         WRITER_BATCH_SECONDS,

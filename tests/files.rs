@@ -268,3 +268,119 @@ async fn a_cancelled_order_has_no_invoice() {
     app.app.shutdown().await;
     env.cleanup().await;
 }
+
+/// The file service's batch contract against the real S3 server and PostgreSQL: a batch holding
+/// a redelivered message and a message whose payload is not valid stores each document once,
+/// fails only the bad record, and answers a later redelivery of the whole batch with duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stores_each_document_once_and_fails_only_its_bad_record() {
+    use orderflow::actors::batch::{BatchHandler, Message};
+    use orderflow::actors::bridge::{HandleError, Handled};
+    use orderflow::actors::files::handler::{FileHandler, invoice_key, receipt_key};
+    use orderflow::domain::envelope::{Envelope, OrderConfirmed, PaymentAuthorized};
+    use orderflow::domain::ids::OrderId;
+    use orderflow::domain::money::Currency;
+    use orderflow::infra::{circuit::CircuitBreaker, s3};
+    use std::sync::Arc;
+
+    let env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let client = s3::client(&env.config.s3);
+    s3::ensure_bucket(&client, &env.config.s3.bucket)
+        .await
+        .unwrap_or_else(|e| panic!("bucket: {e}"));
+    let breaker = Arc::new(CircuitBreaker::new("s3", 5, Duration::from_secs(5)));
+    let handler = FileHandler::new(
+        &env.config,
+        env.pool.clone(),
+        client.clone(),
+        breaker,
+        support::writers(&env.pool),
+    );
+    let eur = Currency::parse("EUR").unwrap_or_else(|| unreachable!());
+    let now = chrono::Utc::now();
+    let confirmed = |order| {
+        Envelope::new(
+            order,
+            &OrderConfirmed {
+                total_minor: 3_990,
+                currency: eur,
+                customer_id: None,
+                lines: vec![],
+            },
+            now,
+        )
+    };
+    let (a, b) = (OrderId::new(), OrderId::new());
+    let confirmed_a = confirmed(a);
+    let paid_a = Envelope::new(
+        a,
+        &PaymentAuthorized {
+            amount_minor: 3_990,
+            currency: eur,
+            provider_ref: "ref-a".into(),
+        },
+        now,
+    );
+    let mut bad = confirmed(OrderId::new());
+    bad.payload = json!({"total_minor": "not a number"});
+    let batch: Vec<Message> = [confirmed_a.clone(), paid_a, confirmed_a, bad, confirmed(b)]
+        .into_iter()
+        .map(|envelope| Message {
+            envelope,
+            traceparent: None,
+        })
+        .collect();
+
+    let results = handler.handle_batch(&batch).await;
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0], Ok(Handled::Applied));
+    assert_eq!(results[1], Ok(Handled::Applied));
+    assert_eq!(
+        results[2],
+        Ok(Handled::Duplicate),
+        "the redelivery in the batch"
+    );
+    assert!(
+        matches!(results[3], Err(HandleError::Poison(_))),
+        "{:?}",
+        results[3]
+    );
+    assert_eq!(
+        results[4],
+        Ok(Handled::Applied),
+        "the record after the bad one"
+    );
+
+    let again = handler.handle_batch(&batch).await;
+    assert!(
+        again.iter().enumerate().all(|(i, r)| if i == 3 {
+            r.is_err()
+        } else {
+            *r == Ok(Handled::Duplicate)
+        }),
+        "a redelivered batch changes nothing: {again:?}"
+    );
+    let documents = env.count("SELECT count(*) FROM files.documents").await;
+    let announcements = env.count("SELECT count(*) FROM files.outbox").await;
+    assert_eq!((documents, announcements), (3, 3));
+    for key in [
+        invoice_key(a.as_uuid()),
+        receipt_key(a.as_uuid()),
+        invoice_key(b.as_uuid()),
+    ] {
+        let bytes = s3::get_bytes(&client, &env.config.s3.bucket, &key)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let recorded: String =
+            sqlx::query_scalar("SELECT sha256 FROM files.documents WHERE object_key = $1")
+                .bind(&key)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(hex(&Sha256::digest(&bytes)), recorded, "{key}");
+    }
+    env.cleanup().await;
+}

@@ -231,3 +231,109 @@ async fn log_attempts_written_together_keep_the_first_final_status() {
     assert_eq!(email.as_deref(), Some("a@example.com"));
     env.cleanup().await;
 }
+
+/// The notification service's batch contract against the real SMTP sink and PostgreSQL: in one
+/// batch an order's `OrderPlaced` is remembered before its confirmation is mailed, a redelivered
+/// event mails nothing twice, an order without an address is logged SKIPPED, and an event whose
+/// order is not known yet fails alone (retried by its bridge) without failing the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mails_each_event_once_and_fails_only_the_unknown_order() {
+    use orderflow::actors::batch::{BatchHandler, Message};
+    use orderflow::actors::bridge::{HandleError, Handled};
+    use orderflow::actors::notifications::handler::NotificationHandler;
+    use orderflow::domain::envelope::{Envelope, OrderConfirmed, OrderPlaced};
+    use orderflow::domain::ids::{CustomerId, OrderId};
+    use orderflow::domain::money::Currency;
+    use orderflow::infra::{circuit::CircuitBreaker, smtp::Mailer};
+    use std::sync::Arc;
+
+    let env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let mailer = Mailer::new(&env.config.smtp).unwrap_or_else(|e| panic!("mailer: {e}"));
+    let breaker = Arc::new(CircuitBreaker::new("smtp", 5, Duration::from_secs(5)));
+    let handler = NotificationHandler::new(
+        &env.config,
+        env.pool.clone(),
+        mailer,
+        breaker,
+        support::writers(&env.pool),
+    );
+    let eur = Currency::parse("EUR").unwrap_or_else(|| unreachable!());
+    let now = chrono::Utc::now();
+    let buyer = format!("batch-{}@example.test", uuid::Uuid::now_v7().simple());
+    let placed = |order, email: Option<&str>| {
+        Envelope::new(
+            order,
+            &OrderPlaced {
+                customer_id: CustomerId::parse("batch-customer").unwrap_or_else(|| unreachable!()),
+                currency: eur,
+                lines: vec![],
+                card_token: None,
+                email: email.map(str::to_owned),
+            },
+            now,
+        )
+    };
+    let confirmed = |order| {
+        Envelope::new(
+            order,
+            &OrderConfirmed {
+                total_minor: 1_250,
+                currency: eur,
+                customer_id: None,
+                lines: vec![],
+            },
+            now,
+        )
+    };
+    let (a, b, unknown) = (OrderId::new(), OrderId::new(), OrderId::new());
+    let confirmed_a = confirmed(a);
+    let batch: Vec<Message> = [
+        placed(a, Some(&buyer)),
+        confirmed_a.clone(),
+        confirmed_a,
+        placed(b, None),
+        confirmed(b),
+        confirmed(unknown),
+    ]
+    .into_iter()
+    .map(|envelope| Message {
+        envelope,
+        traceparent: None,
+    })
+    .collect();
+
+    let results = handler.handle_batch(&batch).await;
+    assert_eq!(
+        results[..5],
+        [
+            Ok(Handled::Applied),
+            Ok(Handled::Applied),
+            Ok(Handled::Duplicate),
+            Ok(Handled::Applied),
+            Ok(Handled::Applied),
+        ]
+    );
+    assert!(
+        matches!(results[5], Err(HandleError::Transient(_))),
+        "{:?}",
+        results[5]
+    );
+
+    let again = handler.handle_batch(&batch).await;
+    assert_eq!(again[1], Ok(Handled::Duplicate), "{again:?}");
+    assert_eq!(again[4], Ok(Handled::Duplicate), "{again:?}");
+    let logged = env
+        .count("SELECT count(*) FROM notifications.log WHERE status IN ('SENT', 'SKIPPED')")
+        .await;
+    assert_eq!(logged, 2, "one SENT for the address, one SKIPPED without");
+    eventually(WAIT, "the confirmation reaches the sink", || async {
+        (mails_to(&buyer).await.len() == 1).then_some(())
+    })
+    .await;
+    // Every send finished (accepted by the sink) before `handle_batch` returned.
+    assert_eq!(mails_to(&buyer).await.len(), 1, "nothing mailed twice");
+    env.cleanup().await;
+}

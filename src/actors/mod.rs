@@ -2,6 +2,7 @@
 //! supervisor owns one partition bridge per assigned Kafka partition (`bridge`), and the bridges
 //! route records by key to per-entity actors such as the order saga (`order/saga.rs`).
 
+pub mod batch;
 pub mod bridge;
 pub mod files;
 pub mod hub;

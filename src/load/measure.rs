@@ -135,12 +135,13 @@ pub async fn fsync(pool: &sqlx::PgPool) -> Option<String> {
 pub struct MetricsSnapshot(HashMap<String, f64>);
 
 /// The histograms whose mean is a stage's batch size, and the label that names the stage.
-const BATCH_HISTOGRAMS: [(&str, &str, &str); 3] = [
+const BATCH_HISTOGRAMS: [(&str, &str, &str); 4] = [
     (
         crate::metrics::CONSUMER_BATCH_RECORDS,
         "service",
         "consumer",
     ),
+    (crate::metrics::HANDLER_BATCH_RECORDS, "service", "handler"),
     (crate::metrics::WRITER_BATCH_JOBS, "schema", "writer"),
     (crate::metrics::GROUP_ITEMS, "group", "group"),
 ];

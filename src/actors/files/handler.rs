@@ -5,20 +5,26 @@
 //! `receipts/<order id>/receipt.pdf`), so a redelivered message can never make a second
 //! document: an order that has its document recorded is skipped, and a crash between the upload
 //! and the record only means the same key is written again on redelivery.
+//!
+//! A partition's records are handled as a batch: one query finds the documents already
+//! recorded, the rest are rendered and uploaded concurrently (at most `files.workers` at once
+//! per process, through the S3 circuit), and the stored ones are recorded with their inbox
+//! rows and announcements by one statement. A failed upload fails its own record only.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
+use crate::actors::batch::{BatchHandler, Message};
 use crate::actors::bridge::{HandleError, HandleResult, Handled};
-use crate::actors::worker::CommandHandler;
 use crate::config::Config;
 use crate::domain::documents::{Invoice, Receipt};
-use crate::domain::envelope::{
-    Envelope, InvoiceStored, OrderConfirmed, PaymentAuthorized, ReceiptStored, StoredDocument,
-};
+use crate::domain::envelope::{InvoiceStored, OrderConfirmed, PaymentAuthorized, ReceiptStored};
 use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::files::{self as repo, Cause, Document, Records};
 use crate::infra::db::messaging::Schema;
@@ -49,6 +55,8 @@ pub struct FileHandler {
     seller: String,
     vat_percent: u32,
     records: Records,
+    /// Documents rendered and uploaded at once, across the process's batches.
+    uploads: Arc<Semaphore>,
 }
 
 impl FileHandler {
@@ -70,136 +78,228 @@ impl FileHandler {
                 writers.get(Schema::Files).clone(),
                 config.database.batch_max,
             ),
+            uploads: Arc::new(Semaphore::new(config.files.workers.max(1))),
         }
     }
 }
 
-/// A rendered document on its way to S3 and the record.
-struct Rendered {
+/// The document a message asks for, not rendered yet.
+enum Wanted {
+    Invoice(Invoice),
+    Receipt(Receipt),
+}
+
+/// One document to store for the message at `index` of its batch.
+struct Job {
+    index: usize,
+    order_id: uuid::Uuid,
     kind: &'static str,
-    key: String,
-    bytes: Vec<u8>,
     customer_id: Option<String>,
+    wanted: Wanted,
+}
+
+/// A document stored in S3, waiting for its record.
+struct Uploaded {
+    index: usize,
+    record: Document,
 }
 
 impl FileHandler {
-    /// Stores `doc` in S3 (through the circuit), records it and announces it, once per order
-    /// and kind.
-    async fn store<P: crate::domain::envelope::Payload>(
-        &self,
-        envelope: &Envelope,
-        traceparent: Option<String>,
-        doc: Rendered,
-        announce: impl FnOnce(StoredDocument) -> P,
-    ) -> HandleResult {
-        let order_id = envelope.order_id.as_uuid();
-        let digest: [u8; 32] = Sha256::digest(&doc.bytes).into();
-        let size_bytes = i64::try_from(doc.bytes.len()).unwrap_or(i64::MAX);
-        // Through the circuit: while S3 is down the record waits (retried without a limit by
-        // its bridge) instead of burning its attempts and landing in the dead-letter topic.
-        self.breaker
-            .call(s3::put_document(
-                &self.s3,
-                &self.bucket,
-                &doc.key,
-                doc.bytes,
-                PDF,
-                &digest,
-                &[
-                    ("order-id", order_id.to_string()),
-                    ("kind", doc.kind.to_owned()),
-                ],
-            ))
-            .await
-            .map_err(|e| HandleError::Unavailable(e.to_string()))?;
-        let record = Document {
-            order_id,
-            kind: doc.kind.into(),
-            bucket: self.bucket.clone(),
-            object_key: doc.key,
-            size_bytes,
-            sha256: s3::hex(&digest),
-            content_type: PDF.into(),
-            customer_id: doc.customer_id,
-            created_at: chrono::Utc::now(),
-        };
-        let cause = Cause {
-            consumer: CONSUMER,
-            message_id: envelope.id,
-            traceparent,
-        };
-        let announcement = announce(record.stored());
-        let stored = self
-            .records
-            .record(&cause, &record, &announcement)
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?;
-        if stored {
-            tracing::info!(order_id = %order_id, kind = doc.kind, key = %record.object_key, bytes = record.size_bytes, "document stored");
-            Ok(Handled::Applied)
-        } else {
-            Ok(Handled::Duplicate)
-        }
-    }
-
-    async fn exists(&self, order_id: uuid::Uuid, kind: &str) -> Result<bool, HandleError> {
-        Ok(repo::document(&self.pool, order_id, kind)
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))?
-            .is_some())
-    }
-}
-
-#[async_trait]
-impl CommandHandler for FileHandler {
-    async fn handle(&self, envelope: Envelope, traceparent: Option<String>) -> HandleResult {
+    /// What `message` asks for: a document to store, or nothing (`Ok(None)`).
+    fn plan(&self, index: usize, message: &Message) -> Result<Option<Job>, HandleError> {
+        let envelope = &message.envelope;
         let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
         let order_id = envelope.order_id.as_uuid();
         if envelope.is::<OrderConfirmed>() {
             let confirmed = envelope.payload_as::<OrderConfirmed>().map_err(poison)?;
-            if self.exists(order_id, INVOICE).await? {
-                return Ok(Handled::Duplicate);
-            }
             let customer_id = confirmed.customer_id.as_ref().map(ToString::to_string);
-            let invoice = Invoice {
+            Ok(Some(Job {
+                index,
                 order_id,
-                customer_id: customer_id.clone().unwrap_or_else(|| "unknown".into()),
-                issued_at: envelope.occurred_at,
-                seller: self.seller.clone(),
-                currency: confirmed.currency,
-                lines: confirmed.lines,
-                total_minor: confirmed.total_minor,
-                vat_percent: self.vat_percent,
-            };
-            let doc = Rendered {
                 kind: INVOICE,
-                key: invoice_key(order_id),
-                bytes: invoice.render_pdf(),
-                customer_id,
-            };
-            self.store(&envelope, traceparent, doc, InvoiceStored).await
+                customer_id: customer_id.clone(),
+                wanted: Wanted::Invoice(Invoice {
+                    order_id,
+                    customer_id: customer_id.unwrap_or_else(|| "unknown".into()),
+                    issued_at: envelope.occurred_at,
+                    seller: self.seller.clone(),
+                    currency: confirmed.currency,
+                    lines: confirmed.lines,
+                    total_minor: confirmed.total_minor,
+                    vat_percent: self.vat_percent,
+                }),
+            }))
         } else if envelope.is::<PaymentAuthorized>() {
             let paid = envelope.payload_as::<PaymentAuthorized>().map_err(poison)?;
-            if self.exists(order_id, RECEIPT).await? {
-                return Ok(Handled::Duplicate);
-            }
-            let receipt = Receipt {
+            Ok(Some(Job {
+                index,
                 order_id,
-                issued_at: envelope.occurred_at,
-                seller: self.seller.clone(),
-                currency: paid.currency,
-                amount_minor: paid.amount_minor,
-                provider_ref: paid.provider_ref,
-            };
-            let doc = Rendered {
                 kind: RECEIPT,
-                key: receipt_key(order_id),
-                bytes: receipt.render_pdf(),
                 customer_id: None,
-            };
-            self.store(&envelope, traceparent, doc, ReceiptStored).await
+                wanted: Wanted::Receipt(Receipt {
+                    order_id,
+                    issued_at: envelope.occurred_at,
+                    seller: self.seller.clone(),
+                    currency: paid.currency,
+                    amount_minor: paid.amount_minor,
+                    provider_ref: paid.provider_ref,
+                }),
+            }))
         } else {
-            Ok(Handled::Ignored)
+            Ok(None)
         }
+    }
+
+    /// Renders `job`'s document and stores it in S3 through the circuit: while S3 is down the
+    /// record waits (retried without a limit by its bridge) instead of burning its attempts
+    /// and landing in the dead-letter topic.
+    async fn upload(&self, job: Job) -> (usize, Result<Uploaded, HandleError>) {
+        let index = job.index;
+        let Ok(_permit) = self.uploads.acquire().await else {
+            return (
+                index,
+                Err(HandleError::Transient("the file service stopped".into())),
+            );
+        };
+        let (key, bytes) = match &job.wanted {
+            Wanted::Invoice(invoice) => (invoice_key(job.order_id), invoice.render_pdf()),
+            Wanted::Receipt(receipt) => (receipt_key(job.order_id), receipt.render_pdf()),
+        };
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let size_bytes = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        let put = self
+            .breaker
+            .call(s3::put_document(
+                &self.s3,
+                &self.bucket,
+                &key,
+                bytes,
+                PDF,
+                &digest,
+                &[
+                    ("order-id", job.order_id.to_string()),
+                    ("kind", job.kind.to_owned()),
+                ],
+            ))
+            .await;
+        if let Err(e) = put {
+            return (index, Err(HandleError::Unavailable(e.to_string())));
+        }
+        let record = Document {
+            order_id: job.order_id,
+            kind: job.kind.into(),
+            bucket: self.bucket.clone(),
+            object_key: key,
+            size_bytes,
+            sha256: s3::hex(&digest),
+            content_type: PDF.into(),
+            customer_id: job.customer_id,
+            created_at: chrono::Utc::now(),
+        };
+        (index, Ok(Uploaded { index, record }))
+    }
+
+    /// Records a stored document with its inbox row and announcement (joining the group of
+    /// the batch's other documents).
+    async fn record(&self, message: &Message, uploaded: Uploaded) -> (usize, HandleResult) {
+        let record = uploaded.record;
+        let cause = Cause {
+            consumer: CONSUMER,
+            message_id: message.envelope.id,
+            traceparent: message.traceparent.clone(),
+        };
+        let stored = if record.kind == INVOICE {
+            self.records
+                .record(&cause, &record, &InvoiceStored(record.stored()))
+                .await
+        } else {
+            self.records
+                .record(&cause, &record, &ReceiptStored(record.stored()))
+                .await
+        };
+        let result = match stored {
+            Ok(true) => {
+                tracing::info!(order_id = %record.order_id, kind = %record.kind, key = %record.object_key, bytes = record.size_bytes, "document stored");
+                Ok(Handled::Applied)
+            }
+            Ok(false) => Ok(Handled::Duplicate),
+            Err(e) => Err(HandleError::Transient(e.to_string())),
+        };
+        (uploaded.index, result)
+    }
+}
+
+#[async_trait]
+impl BatchHandler for FileHandler {
+    async fn handle_batch(&self, batch: &[Message]) -> Vec<HandleResult> {
+        let mut results: Vec<Option<HandleResult>> = vec![None; batch.len()];
+        let mut jobs = Vec::new();
+        // A second message for a document of the batch (a redelivery) takes the first's outcome.
+        let mut first_of: HashMap<(uuid::Uuid, &'static str), usize> = HashMap::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
+            match self.plan(index, message) {
+                Ok(Some(job)) => match first_of.get(&(job.order_id, job.kind)) {
+                    Some(&first) => repeats.push((index, first)),
+                    None => {
+                        first_of.insert((job.order_id, job.kind), index);
+                        jobs.push(job);
+                    }
+                },
+                Ok(None) => results[index] = Some(Ok(Handled::Ignored)),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        if !jobs.is_empty() {
+            let keys: Vec<(uuid::Uuid, &str)> = jobs.iter().map(|j| (j.order_id, j.kind)).collect();
+            match repo::recorded(&self.pool, &keys).await {
+                Ok(recorded) => {
+                    let recorded: HashSet<(uuid::Uuid, String)> = recorded.into_iter().collect();
+                    jobs.retain(|j| {
+                        let known = recorded.contains(&(j.order_id, j.kind.to_owned()));
+                        if known {
+                            results[j.index] = Some(Ok(Handled::Duplicate));
+                        }
+                        !known
+                    });
+                }
+                Err(e) => {
+                    for j in jobs.drain(..) {
+                        results[j.index] = Some(Err(HandleError::Transient(e.to_string())));
+                    }
+                }
+            }
+        }
+        let uploads: Vec<_> = futures::stream::iter(jobs.into_iter().map(|job| self.upload(job)))
+            .buffer_unordered(batch.len().max(1))
+            .collect()
+            .await;
+        let mut stored = Vec::new();
+        for (index, outcome) in uploads {
+            match outcome {
+                Ok(uploaded) => stored.push(uploaded),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        let recorded = futures::future::join_all(
+            stored
+                .into_iter()
+                .map(|uploaded| self.record(&batch[uploaded.index], uploaded)),
+        )
+        .await;
+        for (index, result) in recorded {
+            results[index] = Some(result);
+        }
+        for (index, first) in repeats {
+            results[index] = Some(match &results[first] {
+                Some(Ok(_)) => Ok(Handled::Duplicate),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(HandleError::Transient("its twin was not handled".into())),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(HandleError::Transient("not handled".into()))))
+            .collect()
     }
 }

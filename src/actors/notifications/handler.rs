@@ -7,14 +7,23 @@
 //! FAILING with the error and retried by the partition bridge without a limit (through the
 //! SMTP circuit), so nothing is dropped while the server is away. A crash between the SMTP
 //! server's acceptance and the log write sends that one mail again: SMTP has no idempotency key.
+//!
+//! A partition's records are handled as a batch: the batch's recipients are remembered by one
+//! statement first (an order's `OrderPlaced` precedes its other events in the partition), one
+//! query then reads the recipients and log entries of all its events, the mails go out
+//! concurrently (at most `notifications.workers` at once per process, through the circuit) and
+//! the attempts are logged by one statement. A failed mail fails its own record only.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
+use crate::actors::batch::{BatchHandler, Message};
 use crate::actors::bridge::{HandleError, HandleResult, Handled};
-use crate::actors::worker::CommandHandler;
 use crate::config::Config;
 use crate::domain::documents::money;
 use crate::domain::envelope::{
@@ -22,7 +31,7 @@ use crate::domain::envelope::{
 };
 use crate::domain::templates::{self, Notice};
 use crate::infra::circuit::{CallError, CircuitBreaker};
-use crate::infra::db::notifications::{self as repo, Attempt, NotificationWrites};
+use crate::infra::db::notifications::{self as repo, Asked, Attempt, Known, NotificationWrites};
 use crate::infra::db::writer::Writers;
 use crate::infra::smtp::{Mail, Mailer};
 
@@ -33,6 +42,8 @@ pub struct NotificationHandler {
     writes: NotificationWrites,
     seller: String,
     public_url: String,
+    /// Mails sent at once, across the process's batches.
+    sending: Arc<Semaphore>,
 }
 
 impl NotificationHandler {
@@ -57,27 +68,49 @@ impl NotificationHandler {
                 .public_url
                 .trim_end_matches('/')
                 .to_owned(),
+            sending: Arc::new(Semaphore::new(config.notifications.workers.max(1))),
         }
     }
 
-    async fn notify(&self, envelope: &Envelope, notice: Notice) -> HandleResult {
+    /// What `message` asks for: a recipient to remember, a notice to send, or nothing.
+    fn plan(&self, message: &Message) -> Result<Plan, HandleError> {
+        let envelope = &message.envelope;
+        let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
+        if envelope.is::<OrderPlaced>() {
+            let placed = envelope.payload_as::<OrderPlaced>().map_err(poison)?;
+            Ok(Plan::Remember {
+                customer_id: placed.customer_id.to_string(),
+                email: placed.email,
+            })
+        } else if envelope.is::<OrderConfirmed>() {
+            let c = envelope.payload_as::<OrderConfirmed>().map_err(poison)?;
+            let total = money(c.currency, c.total_minor);
+            Ok(Plan::Notify(Notice::OrderConfirmed { total }))
+        } else if envelope.is::<OrderCancelled>() {
+            let c = envelope.payload_as::<OrderCancelled>().map_err(poison)?;
+            Ok(Plan::Notify(Notice::OrderCancelled { reason: c.reason }))
+        } else if envelope.is::<InvoiceStored>() {
+            envelope.payload_as::<InvoiceStored>().map_err(poison)?;
+            let link = format!(
+                "{}/v1/orders/{}/invoice",
+                self.public_url, envelope.order_id
+            );
+            Ok(Plan::Notify(Notice::InvoiceReady { link }))
+        } else {
+            Ok(Plan::Nothing)
+        }
+    }
+
+    /// Mails one notice (or logs it SKIPPED for an order without an address) and logs the
+    /// attempt with the batch's other attempts.
+    async fn notify(&self, envelope: &Envelope, notice: &Notice, known: Known) -> HandleResult {
         let transient = |e: &dyn std::fmt::Display| HandleError::Transient(e.to_string());
-        let template = notice.template();
-        let order_id = envelope.order_id.as_uuid();
-        // The order's OrderPlaced precedes its other events on order.events; an invoice
-        // (file.events) can overtake it only while this service catches up: retried.
-        let known = repo::known(&self.pool, order_id, envelope.id, template)
-            .await
-            .map_err(|e| transient(&e))?
-            .ok_or_else(|| {
-                transient(&format!(
-                    "the recipient of order {order_id} is not known yet"
-                ))
-            })?;
         if matches!(known.status.as_deref(), Some("SENT" | "SKIPPED")) {
             return Ok(Handled::Duplicate);
         }
-        let rendered = templates::render(&self.seller, order_id, &notice);
+        let template = notice.template();
+        let order_id = envelope.order_id.as_uuid();
+        let rendered = templates::render(&self.seller, order_id, notice);
         let mut attempt = Attempt {
             event_id: envelope.id,
             template,
@@ -97,7 +130,13 @@ impl NotificationHandler {
             text: rendered.text,
             html: rendered.html,
         };
-        match self.breaker.call(self.mailer.send(&mail)).await {
+        let sent = {
+            let Ok(_permit) = self.sending.acquire().await else {
+                return Err(transient(&"the notification service stopped"));
+            };
+            self.breaker.call(self.mailer.send(&mail)).await
+        };
+        match sent {
             Ok(()) => {
                 attempt.status = "SENT";
                 self.writes.log(attempt).await.map_err(|e| transient(&e))?;
@@ -117,39 +156,119 @@ impl NotificationHandler {
     }
 }
 
+/// What one message asks of the notification service.
+enum Plan {
+    Remember {
+        customer_id: String,
+        email: Option<String>,
+    },
+    Notify(Notice),
+    Nothing,
+}
+
 #[async_trait]
-impl CommandHandler for NotificationHandler {
-    async fn handle(&self, envelope: Envelope, _traceparent: Option<String>) -> HandleResult {
-        let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
-        if envelope.is::<OrderPlaced>() {
-            let placed = envelope.payload_as::<OrderPlaced>().map_err(poison)?;
-            self.writes
-                .remember_recipient(
-                    envelope.order_id.as_uuid(),
-                    placed.customer_id.to_string(),
-                    placed.email,
-                )
-                .await
-                .map_err(|e| HandleError::Transient(e.to_string()))?;
-            Ok(Handled::Applied)
-        } else if envelope.is::<OrderConfirmed>() {
-            let c = envelope.payload_as::<OrderConfirmed>().map_err(poison)?;
-            let total = money(c.currency, c.total_minor);
-            self.notify(&envelope, Notice::OrderConfirmed { total })
-                .await
-        } else if envelope.is::<OrderCancelled>() {
-            let c = envelope.payload_as::<OrderCancelled>().map_err(poison)?;
-            self.notify(&envelope, Notice::OrderCancelled { reason: c.reason })
-                .await
-        } else if envelope.is::<InvoiceStored>() {
-            envelope.payload_as::<InvoiceStored>().map_err(poison)?;
-            let link = format!(
-                "{}/v1/orders/{}/invoice",
-                self.public_url, envelope.order_id
-            );
-            self.notify(&envelope, Notice::InvoiceReady { link }).await
-        } else {
-            Ok(Handled::Ignored)
+impl BatchHandler for NotificationHandler {
+    async fn handle_batch(&self, batch: &[Message]) -> Vec<HandleResult> {
+        let transient = |e: &dyn std::fmt::Display| HandleError::Transient(e.to_string());
+        let mut results: Vec<Option<HandleResult>> = vec![None; batch.len()];
+        let mut remember = Vec::new();
+        let mut notices = Vec::new();
+        // A second copy of an event in the batch (a redelivery) takes the first's outcome.
+        let mut first_of: HashMap<(uuid::Uuid, &'static str), usize> = HashMap::new();
+        let mut repeats = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
+            match self.plan(message) {
+                Ok(Plan::Remember { customer_id, email }) => {
+                    remember.push((index, customer_id, email))
+                }
+                Ok(Plan::Notify(notice)) => {
+                    let key = (message.envelope.id, notice.template());
+                    match first_of.get(&key) {
+                        Some(&first) => repeats.push((index, first)),
+                        None => {
+                            first_of.insert(key, index);
+                            notices.push((index, notice));
+                        }
+                    }
+                }
+                Ok(Plan::Nothing) => results[index] = Some(Ok(Handled::Ignored)),
+                Err(e) => results[index] = Some(Err(e)),
+            }
         }
+        // Recipients first: the batch's later events of those orders need them.
+        let remembered = futures::future::join_all(remember.into_iter().map(
+            |(index, customer_id, email)| async move {
+                let order_id = batch[index].envelope.order_id.as_uuid();
+                let done = self
+                    .writes
+                    .remember_recipient(order_id, customer_id, email)
+                    .await;
+                (
+                    index,
+                    done.map(|()| Handled::Applied).map_err(|e| transient(&e)),
+                )
+            },
+        ))
+        .await;
+        for (index, result) in remembered {
+            results[index] = Some(result);
+        }
+        if !notices.is_empty() {
+            let asked: Vec<Asked<'_>> = notices
+                .iter()
+                .map(|(index, notice)| Asked {
+                    order_id: batch[*index].envelope.order_id.as_uuid(),
+                    event_id: batch[*index].envelope.id,
+                    template: notice.template(),
+                })
+                .collect();
+            match repo::known_all(&self.pool, &asked).await {
+                Ok(known) => {
+                    let sends = notices
+                        .into_iter()
+                        .zip(known)
+                        .map(|((index, notice), known)| {
+                            let envelope = &batch[index].envelope;
+                            async move {
+                                // The order's OrderPlaced precedes its other events on
+                                // order.events; an invoice (file.events) can overtake it only
+                                // while this service catches up: retried.
+                                let result = match known {
+                                    Some(known) => self.notify(envelope, &notice, known).await,
+                                    None => Err(transient(&format!(
+                                        "the recipient of order {} is not known yet",
+                                        envelope.order_id
+                                    ))),
+                                };
+                                (index, result)
+                            }
+                            .boxed()
+                        });
+                    let sent: Vec<_> = futures::stream::iter(sends)
+                        .buffer_unordered(batch.len())
+                        .collect()
+                        .await;
+                    for (index, result) in sent {
+                        results[index] = Some(result);
+                    }
+                }
+                Err(e) => {
+                    for (index, _) in &notices {
+                        results[*index] = Some(Err(transient(&e)));
+                    }
+                }
+            }
+        }
+        for (index, first) in repeats {
+            results[index] = Some(match &results[first] {
+                Some(Ok(_)) => Ok(Handled::Duplicate),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(transient(&"its twin was not handled")),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(transient(&"not handled"))))
+            .collect()
     }
 }

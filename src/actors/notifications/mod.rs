@@ -1,4 +1,4 @@
-//! The notification service: keyed workers mail the customer on each customer-visible event
+//! The notification service: a batch handler per partition mails the customer on each customer-visible event
 //! (order confirmed, order cancelled, invoice ready), once per event, through an SMTP circuit.
 
 pub mod handler;
@@ -6,15 +6,15 @@ pub mod handler;
 use sqlx::PgPool;
 use std::sync::Arc;
 
+use crate::actors::batch::batch_service;
 use crate::actors::service::ServiceArgs;
-use crate::actors::worker::keyed_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::circuit::CircuitBreaker;
 use crate::infra::db::writer::Writers;
 use crate::infra::smtp::Mailer;
 
-/// The notification service: consumes `order.events` and `file.events` with keyed workers.
+/// The notification service: consumes `order.events` and `file.events` in batches.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
@@ -27,13 +27,13 @@ pub fn service(
     let handler = Arc::new(handler::NotificationHandler::new(
         &config, pool, mailer, breaker, writers,
     ));
-    let workers = config.notifications.workers;
-    keyed_service(
+    let batch_max = config.database.batch_max;
+    batch_service(
         config,
         producer,
         "notification",
         vec![topics::ORDER_EVENTS, topics::FILE_EVENTS],
-        workers,
+        batch_max,
         handler,
         instance,
     )

@@ -256,6 +256,28 @@ pub async fn document(
     Ok(row.as_ref().map(document_row).transpose()?)
 }
 
+/// Which of the (order, kind) pairs already have a recorded document, in one query.
+pub async fn recorded(
+    pool: &PgPool,
+    keys: &[(Uuid, &str)],
+) -> Result<Vec<(Uuid, String)>, DbError> {
+    let orders: Vec<Uuid> = keys.iter().map(|(o, _)| *o).collect();
+    let kinds: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
+    let rows = sqlx::query(
+        "SELECT d.order_id, d.kind FROM files.documents d
+         JOIN UNNEST($1::uuid[], $2::text[]) AS k(order_id, kind)
+           ON d.order_id = k.order_id AND d.kind = k.kind",
+    )
+    .bind(&orders)
+    .bind(&kinds)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("order_id")?, r.try_get("kind")?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
 /// A file a user uploaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserFile {

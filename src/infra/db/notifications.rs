@@ -108,33 +108,45 @@ pub struct Known {
     pub status: Option<String>,
 }
 
-/// The order's address and the logged status of the notification of `event_id` with
-/// `template`, in one query; `None` when the order's `OrderPlaced` was not seen yet (nothing
+/// One event about to be notified: its order, its message id and its template.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    pub order_id: Uuid,
+    pub event_id: Uuid,
+    pub template: &'a str,
+}
+
+/// For each asked event, in order, in one query: the order's address and the logged status of
+/// the event's notification; `None` when the order's `OrderPlaced` was not seen yet (nothing
 /// is logged before its recipient is known).
-pub async fn known(
-    pool: &PgPool,
-    order_id: Uuid,
-    event_id: Uuid,
-    template: &str,
-) -> Result<Option<Known>, DbError> {
-    let row = sqlx::query(
-        "SELECT r.email, l.status FROM notifications.recipients r
-         LEFT JOIN notifications.log l ON l.event_id = $2 AND l.template = $3
-         WHERE r.order_id = $1",
+pub async fn known_all(pool: &PgPool, asked: &[Asked<'_>]) -> Result<Vec<Option<Known>>, DbError> {
+    let orders: Vec<Uuid> = asked.iter().map(|a| a.order_id).collect();
+    let events: Vec<Uuid> = asked.iter().map(|a| a.event_id).collect();
+    let templates: Vec<&str> = asked.iter().map(|a| a.template).collect();
+    let rows = sqlx::query(
+        "SELECT k.n, r.email, l.status FROM
+           UNNEST($1::uuid[], $2::uuid[], $3::text[]) WITH ORDINALITY AS k(order_id, event_id, template, n)
+         JOIN notifications.recipients r ON r.order_id = k.order_id
+         LEFT JOIN notifications.log l ON l.event_id = k.event_id AND l.template = k.template",
     )
-    .bind(order_id)
-    .bind(event_id)
-    .bind(template)
-    .fetch_optional(pool)
+    .bind(&orders)
+    .bind(&events)
+    .bind(&templates)
+    .fetch_all(pool)
     .await?;
-    row.map(|r| {
-        Ok(Known {
-            email: r.try_get("email")?,
-            status: r.try_get("status")?,
-        })
-    })
-    .transpose()
-    .map_err(|e: sqlx::Error| e.into())
+    let mut known = vec![None; asked.len()];
+    for row in rows {
+        let n: i64 = row.try_get("n")?;
+        let slot = usize::try_from(n - 1)
+            .ok()
+            .and_then(|i| known.get_mut(i))
+            .ok_or_else(|| DbError::Corrupt(format!("row {n} of {} asked", asked.len())))?;
+        *slot = Some(Known {
+            email: row.try_get("email")?,
+            status: row.try_get("status")?,
+        });
+    }
+    Ok(known)
 }
 
 /// One notification as logged.
