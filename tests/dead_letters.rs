@@ -43,7 +43,7 @@ async fn poison_and_exhausted_records_are_dead_lettered_listed_and_replayed() {
 
     // Not an envelope at all, and an envelope the inventory service does not handle.
     let key = OrderId::new().to_string();
-    publish_raw(&env, topics::ORDER_EVENTS, &key, b"{this is not json").await;
+    publish_raw(&env, topics::ORDER_COMMANDS, &key, b"{this is not json").await;
     let eur = Currency::parse("EUR").unwrap_or_else(|| unreachable!());
     let stray = Envelope::new(
         OrderId::new(),
@@ -81,7 +81,7 @@ async fn poison_and_exhausted_records_are_dead_lettered_listed_and_replayed() {
             .unwrap_or_else(|| panic!("no dead letter from {t}: {letters:?}"))
     };
     assert!(
-        by_source(topics::ORDER_EVENTS)
+        by_source(topics::ORDER_COMMANDS)
             .error
             .contains("not a valid envelope")
     );

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use orderflow::actors::Service;
@@ -412,8 +411,11 @@ async fn readiness_reports_a_dependency_that_is_down() {
     env.cleanup().await;
 }
 
+/// The saga reads `order.commands` (and the replies of the services it commands), never its
+/// own `order.events`: a cancel request delivered six times is handled once, and the order
+/// service's consumer group never subscribes to `order.events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_order_placed_deliveries_have_one_effect() {
+async fn duplicate_saga_command_deliveries_have_one_effect() {
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -423,7 +425,14 @@ async fn duplicate_order_placed_deliveries_have_one_effect() {
     assert_eq!(resp.status().as_u16(), 201);
     let id: Value = resp.json().await.unwrap_or_default();
     let id = id["order_id"].as_str().unwrap_or_default().to_owned();
-    let seen = read_topic(&env.config, topics::ORDER_EVENTS, WAIT, |s| {
+    let cancel = app
+        .http
+        .post(app.url(&format!("/v1/orders/{id}/cancel")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cancel.status().as_u16(), 202);
+    let seen = read_topic(&env.config, topics::ORDER_COMMANDS, WAIT, |s| {
         s.iter().any(|r| r.key == id)
     })
     .await;
@@ -432,13 +441,14 @@ async fn duplicate_order_placed_deliveries_have_one_effect() {
         .find(|r| r.key == id)
         .unwrap_or_else(|| unreachable!())
         .clone();
+    assert_eq!(original.envelope.kind, "CancelRequested");
 
     // Publish the very same message five more times.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.config.kafka.brokers)
         .create()
         .unwrap_or_else(|e| panic!("{e}"));
-    let topic = env.config.topic(topics::ORDER_EVENTS);
+    let topic = env.config.topic(topics::ORDER_COMMANDS);
     let payload = original.envelope.encode();
     for _ in 0..5 {
         producer
@@ -451,17 +461,23 @@ async fn duplicate_order_placed_deliveries_have_one_effect() {
     }
     let group = env.config.group("order");
     eventually(WAIT, "the order service commits all six copies", || async {
-        support::group_caught_up(&env.config, &group, topics::ORDER_EVENTS).then_some(())
+        support::group_caught_up(&env.config, &group, topics::ORDER_COMMANDS).then_some(())
     })
     .await;
-    assert_eq!(topic_size(&env.config, topics::ORDER_EVENTS), 6);
+    assert_eq!(topic_size(&env.config, topics::ORDER_COMMANDS), 6);
+    // The intake's first step and the cancel request, once.
     assert_eq!(
-        env.count("SELECT count(*) FROM orders.saga_journal").await,
+        env.count(
+            "SELECT count(*) FROM orders.saga_journal WHERE message_type = 'CancelRequested'"
+        )
+        .await,
         1
     );
-    assert_eq!(env.count("SELECT count(*) FROM orders.inbox").await, 1);
-    let keys: HashSet<String> = seen.iter().map(|r| r.key.clone()).collect();
-    assert!(keys.contains(&id));
+    assert_eq!(env.count("SELECT count(*) FROM orders.inbox").await, 2);
+    assert!(
+        !support::group_caught_up(&env.config, &group, topics::ORDER_EVENTS),
+        "the order service does not consume its own events"
+    );
 
     app.app.shutdown().await;
     env.cleanup().await;

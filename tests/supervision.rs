@@ -17,8 +17,8 @@ fn actor(name: &str) -> Option<ActorCell> {
 }
 
 /// Places `n` orders and cancels each. The intake takes a saga's first step itself; the
-/// `CancelRequested` on `order.events` is what each saga handles (no inventory runs, so the
-/// sagas wait in RESERVING until then and nothing else is published on `order.events`).
+/// `CancelRequested` on `order.commands` is what each saga handles (no inventory runs, so the
+/// sagas wait in RESERVING until then).
 async fn place(app: &support::TestApp, n: usize) -> Vec<String> {
     let ids = app.place_orders("s", "SKU", n).await;
     for id in &ids {
@@ -84,7 +84,7 @@ async fn killed_partition_bridges_are_restarted_and_their_records_complete() {
     let app = env.spawn(&[Service::Api, Service::Order]).await;
     place(&app, 12).await;
     recorded(&env, 12).await;
-    let topic = env.config.topic(topics::ORDER_EVENTS);
+    let topic = env.config.topic(topics::ORDER_COMMANDS);
     let names: Vec<String> = (0..env.config.kafka.partitions)
         .map(|p| format!("{}/order-bridge/{topic}/{p}", app.app.instance()))
         .collect();
@@ -157,7 +157,7 @@ async fn ordered_shutdown_commits_every_consumed_offset() {
             support::group_caught_up(
                 &env.config,
                 &env.config.group("order"),
-                topics::ORDER_EVENTS,
+                topics::ORDER_COMMANDS,
             )
             .then_some(())
         },

@@ -14,8 +14,12 @@ use super::order::OrderLine;
 
 /// Logical topic names; deployments may prefix them (see `KafkaConfig::topic_prefix`).
 pub mod topics {
-    /// Events of the order service, keyed by order id.
+    /// Events of the order service, keyed by order id (the order's public story: placed,
+    /// confirmed, cancelled).
     pub const ORDER_EVENTS: &str = "order.events";
+    /// Commands to the order saga (`CancelRequested`, `SagaTimeout`), keyed by order id: the
+    /// saga reads these and the replies of the services it commands, not its own events.
+    pub const ORDER_COMMANDS: &str = "order.commands";
     /// Commands to the inventory service (`ReserveStock`, `ReleaseStock`, `CommitStock`).
     pub const INVENTORY_COMMANDS: &str = "inventory.commands";
     /// Replies of the inventory service (`StockReserved`, `StockRejected`, …).
@@ -31,6 +35,7 @@ pub mod topics {
     /// Topics that services consume, each with a dead-letter topic.
     pub const CONSUMED: &[&str] = &[
         ORDER_EVENTS,
+        ORDER_COMMANDS,
         INVENTORY_COMMANDS,
         INVENTORY_EVENTS,
         PAYMENT_COMMANDS,
@@ -40,6 +45,7 @@ pub mod topics {
     /// Every topic the current services use, for topic provisioning.
     pub const ALL: &[&str] = &[
         ORDER_EVENTS,
+        ORDER_COMMANDS,
         INVENTORY_COMMANDS,
         INVENTORY_EVENTS,
         PAYMENT_COMMANDS,

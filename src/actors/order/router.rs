@@ -17,7 +17,8 @@ use crate::infra::db::messaging::Schema;
 use crate::infra::db::orders::SagaSteps;
 use crate::infra::db::writer::Writers;
 
-/// The order service: consumes `order.events` and routes each to its order's saga.
+/// The order service: consumes `order.commands` and the replies on `inventory.events` and
+/// `payment.events`, and routes each to its order's saga.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
@@ -41,9 +42,10 @@ pub fn service(
         config,
         producer,
         name: "order",
-        // The saga's own events, and the replies of the services it commands.
+        // Commands to the saga (cancel requests, timeouts) and the replies of the services it
+        // commands; not its own events on order.events (the intake takes its first step).
         topics: vec![
-            topics::ORDER_EVENTS,
+            topics::ORDER_COMMANDS,
             topics::INVENTORY_EVENTS,
             topics::PAYMENT_EVENTS,
         ],

@@ -1,6 +1,6 @@
 //! The saga timer sweeper: saga deadlines live in `orders.saga_state`, so they survive restarts
 //! and passivation. Every tick this actor announces the passed ones as `SagaTimeout` messages on
-//! `order.events`, where the partition's owner delivers them to the saga like any other event.
+//! `order.commands`, where the partition's owner delivers them to the saga like any other event.
 //! Several processes may sweep at once (rows are claimed with `SKIP LOCKED`, once each).
 
 use std::time::Duration;

@@ -673,7 +673,7 @@ impl SagaWrite {
 }
 
 /// Announces every saga deadline that passed (at most `limit`) as a `SagaTimeout` on
-/// `order.events`, once per deadline. Returns how many were announced.
+/// `order.commands`, once per deadline. Returns how many were announced.
 pub async fn announce_due_timeouts(writer: &Writer, limit: i64) -> Result<usize, DbError> {
     writer
         .run(move |conn| Box::pin(announce_due_timeouts_in(conn, limit)))
@@ -703,7 +703,7 @@ async fn announce_due_timeouts_in(conn: &mut PgConnection, limit: i64) -> Result
             conn,
             Schema::Orders,
             &OutboxMessage {
-                topic: topics::ORDER_EVENTS,
+                topic: topics::ORDER_COMMANDS,
                 envelope: &envelope,
                 traceparent: None,
             },
@@ -770,7 +770,7 @@ async fn request_cancel_in(
         conn,
         Schema::Orders,
         &OutboxMessage {
-            topic: topics::ORDER_EVENTS,
+            topic: topics::ORDER_COMMANDS,
             envelope: &envelope,
             traceparent,
         },
