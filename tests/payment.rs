@@ -279,3 +279,68 @@ async fn a_group_of_decisions_with_duplicates_stores_each_message_once() {
     assert_eq!(env.count("SELECT count(*) FROM payment.outbox").await, 3);
     env.cleanup().await;
 }
+
+/// The local card network's ledger writes concurrent charges as sets (one statement each):
+/// every key is charged once and answers the same whatever set or process asks again, and a
+/// key asked twice at once is answered with its first charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_charges_are_written_as_sets_and_each_key_answers_once() {
+    use orderflow::infra::payment_provider::{
+        AuthorizeRequest, Decision, LocalCardNetwork, LocalNetworkRules, PaymentProvider,
+    };
+
+    let env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let rules = LocalNetworkRules {
+        latency: Duration::ZERO,
+        slow_latency: Duration::ZERO,
+        amount_limit_minor: 10_000,
+    };
+    let network = LocalCardNetwork::new(env.pool.clone(), rules.clone());
+    let request = |i: usize| AuthorizeRequest {
+        idempotency_key: format!("order-{}", i % 40),
+        amount_minor: 100,
+        currency: "EUR".into(),
+        card_token: if i % 40 == 7 {
+            "tok_decline"
+        } else {
+            "tok_visa"
+        }
+        .into(),
+    };
+    // 120 requests for 40 keys at once: each key asked three times.
+    let answers = futures::future::join_all((0..120).map(|i| {
+        let (network, request) = (&network, request(i));
+        async move { network.authorize(&request).await }
+    }))
+    .await;
+    let answers: Vec<Decision> = answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    for i in 0..40 {
+        assert_eq!(answers[i], answers[i + 40], "key {i}");
+        assert_eq!(answers[i], answers[i + 80], "key {i}");
+    }
+    assert_eq!(
+        answers[7],
+        Decision::Declined {
+            code: "card_declined".into()
+        }
+    );
+    assert!(matches!(answers[8], Decision::Approved { .. }));
+    assert_eq!(
+        env.count("SELECT count(*) FROM card_network.charges").await,
+        40
+    );
+    // Another instance (another process) gets the recorded answers.
+    let other = LocalCardNetwork::new(env.pool.clone(), rules);
+    let again = other
+        .authorize(&request(3))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, answers[3]);
+    env.cleanup().await;
+}

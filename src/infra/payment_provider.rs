@@ -15,11 +15,16 @@
 //!
 //! Any amount above `payment.amount_limit_minor` is declined with `amount_limit_exceeded`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use rand::Rng;
 use sqlx::{PgPool, Row};
+
+use crate::infra::db::DbError;
+use crate::infra::db::batched::{Batched, SetQuery};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
@@ -61,11 +66,19 @@ pub struct LocalNetworkRules {
 pub struct LocalCardNetwork {
     pool: PgPool,
     rules: LocalNetworkRules,
+    /// The ledger's writes: the charges asked for together are written by one statement.
+    charges: Batched<Charges>,
 }
 
 impl LocalCardNetwork {
+    /// Starts the ledger's set task (on the current tokio runtime).
     pub fn new(pool: PgPool, rules: LocalNetworkRules) -> Self {
-        Self { pool, rules }
+        let charges = Batched::start("card network charges", pool.clone(), Charges, 128);
+        Self {
+            pool,
+            rules,
+            charges,
+        }
     }
 
     fn decide(&self, request: &AuthorizeRequest) -> Result<Option<String>, ProviderError> {
@@ -106,42 +119,31 @@ impl PaymentProvider for LocalCardNetwork {
     async fn authorize(&self, request: &AuthorizeRequest) -> Result<Decision, ProviderError> {
         self.latency(&request.card_token).await;
         let decline = self.decide(request)?;
-        let reference = format!("ch_{}", uuid::Uuid::now_v7().simple());
+        let charge = Charge {
+            idempotency_key: request.idempotency_key.clone(),
+            reference: format!("ch_{}", uuid::Uuid::now_v7().simple()),
+            amount_minor: request.amount_minor,
+            currency: request.currency.clone(),
+            card_token: request.card_token.clone(),
+            decline_code: decline,
+        };
         // The first answer for a key is the answer for ever.
-        let row = sqlx::query(
-            "WITH ins AS (
-                INSERT INTO card_network.charges
-                  (idempotency_key, reference, amount_minor, currency, card_token, approved, decline_code)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
-                ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING reference, approved, decline_code)
-             SELECT reference, approved, decline_code FROM ins
-             UNION ALL
-             SELECT reference, approved, decline_code FROM card_network.charges
-             WHERE idempotency_key = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
-        )
-        .bind(&request.idempotency_key)
-        .bind(&reference)
-        .bind(request.amount_minor)
-        .bind(&request.currency)
-        .bind(&request.card_token)
-        .bind(decline.is_none())
-        .bind(decline.as_deref())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
-        let approved: bool = row.try_get("approved").map_err(db)?;
-        Ok(if approved {
-            Decision::Approved {
-                reference: row.try_get("reference").map_err(db)?,
-            }
-        } else {
-            Decision::Declined {
-                code: row
-                    .try_get::<Option<String>, _>("decline_code")
-                    .map_err(db)?
-                    .unwrap_or_else(|| "card_declined".into()),
-            }
+        let answer = self
+            .charges
+            .submit(charge)
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+            .ok_or_else(|| {
+                ProviderError::Unavailable(format!(
+                    "a concurrent charge under key {} is not visible yet",
+                    request.idempotency_key
+                ))
+            })?;
+        Ok(match answer.decline_code {
+            None => Decision::Approved {
+                reference: answer.reference,
+            },
+            Some(code) => Decision::Declined { code },
         })
     }
 
@@ -159,4 +161,98 @@ impl PaymentProvider for LocalCardNetwork {
             == 1;
         Ok(refunded)
     }
+}
+
+/// One charge to write to the ledger (`decline_code` `None`: approved).
+pub struct Charge {
+    idempotency_key: String,
+    reference: String,
+    amount_minor: i64,
+    currency: String,
+    card_token: String,
+    decline_code: Option<String>,
+}
+
+/// The ledger's answer for a key: the first charge written under it.
+pub struct Charged {
+    reference: String,
+    decline_code: Option<String>,
+}
+
+/// Ledger writes as sets: one statement inserts every new key of the set and reads the
+/// recorded answer of every key written before.
+pub struct Charges;
+
+impl SetQuery for Charges {
+    type Item = Charge;
+    type Output = Option<Charged>;
+
+    fn run<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        items: &'a [Charge],
+    ) -> BoxFuture<'a, Result<Vec<Option<Charged>>, DbError>> {
+        Box::pin(charge_all(pool, items))
+    }
+
+    /// One charge per key in a set: the statement cannot see a row it inserts itself.
+    fn fits(&self, set: &[Charge], item: &Charge) -> bool {
+        set.iter()
+            .all(|c| c.idempotency_key != item.idempotency_key)
+    }
+}
+
+/// Per charge, in order, the ledger's answer; `None` when the key's first charge is being
+/// written by a concurrent transaction that this statement cannot see yet (retried).
+async fn charge_all(pool: &PgPool, items: &[Charge]) -> Result<Vec<Option<Charged>>, DbError> {
+    let keys: Vec<&str> = items.iter().map(|c| c.idempotency_key.as_str()).collect();
+    let references: Vec<&str> = items.iter().map(|c| c.reference.as_str()).collect();
+    let amounts: Vec<i64> = items.iter().map(|c| c.amount_minor).collect();
+    let currencies: Vec<&str> = items.iter().map(|c| c.currency.as_str()).collect();
+    let tokens: Vec<&str> = items.iter().map(|c| c.card_token.as_str()).collect();
+    let declines: Vec<Option<&str>> = items.iter().map(|c| c.decline_code.as_deref()).collect();
+    let rows = sqlx::query(
+        "WITH req AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                                  $6::text[])
+               AS r(key, reference, amount, currency, token, decline)
+         ), ins AS (
+             INSERT INTO card_network.charges
+               (idempotency_key, reference, amount_minor, currency, card_token, approved, decline_code)
+             SELECT key, reference, amount, currency, token, decline IS NULL, decline FROM req
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING idempotency_key, reference, approved, decline_code
+         )
+         SELECT idempotency_key, reference, approved, decline_code FROM ins
+         UNION ALL
+         SELECT c.idempotency_key, c.reference, c.approved, c.decline_code
+         FROM card_network.charges c JOIN req ON c.idempotency_key = req.key
+         WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.idempotency_key = req.key)",
+    )
+    .bind(&keys)
+    .bind(&references)
+    .bind(&amounts)
+    .bind(&currencies)
+    .bind(&tokens)
+    .bind(&declines)
+    .fetch_all(pool)
+    .await?;
+    let mut answers: HashMap<String, Charged> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let approved: bool = row.try_get("approved")?;
+        let decline: Option<String> = row.try_get("decline_code")?;
+        answers.insert(
+            row.try_get("idempotency_key")?,
+            Charged {
+                reference: row.try_get("reference")?,
+                // A declined charge without a recorded code was declined by the card.
+                decline_code: (!approved)
+                    .then(|| decline.unwrap_or_else(|| "card_declined".into())),
+            },
+        );
+    }
+    Ok(items
+        .iter()
+        .map(|c| answers.remove(&c.idempotency_key))
+        .collect())
 }

@@ -13,8 +13,9 @@ use crate::actors::bridge::{HandleError, Record, Routed, Router, find_or_spawn};
 use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::config::{Config, SagaConfig};
 use crate::domain::envelope::{Envelope, topics};
+use crate::infra::db::batched::Batched;
 use crate::infra::db::messaging::Schema;
-use crate::infra::db::orders::SagaSteps;
+use crate::infra::db::orders::{SagaLoads, SagaSteps};
 use crate::infra::db::writer::Writers;
 
 /// The order service: consumes `order.commands` and the replies on `inventory.events` and
@@ -29,12 +30,14 @@ pub fn service(
     let saga_config = Arc::new(config.saga.clone());
     let saga_instance = instance.clone();
     let batch_max = config.database.batch_max;
+    // One loader for the process's sagas, so the sagas starting on every partition share sets.
+    let loads = Batched::start("saga loads", pool, SagaLoads, batch_max);
     let router: RouterFactory = Arc::new(move |supervisor: ActorCell| {
         Arc::new(SagaRouter {
             instance: saga_instance.clone(),
-            pool: pool.clone(),
             config: saga_config.clone(),
             steps: SagaSteps::start(writers.get(Schema::Orders).clone(), batch_max),
+            loads: loads.clone(),
             supervisor,
         }) as Arc<dyn Router>
     });
@@ -57,9 +60,9 @@ pub fn service(
 /// Routes order events to the saga of their order, starting it when needed.
 pub struct SagaRouter {
     instance: String,
-    pool: PgPool,
     config: Arc<SagaConfig>,
     steps: SagaSteps,
+    loads: Batched<SagaLoads>,
     supervisor: ActorCell,
 }
 
@@ -71,9 +74,9 @@ impl SagaRouter {
     async fn saga(&self, order_id: Uuid) -> Result<ActorRef<SagaMsg>, HandleError> {
         let args = || SagaArgs {
             order_id,
-            pool: self.pool.clone(),
             config: self.config.clone(),
             steps: self.steps.clone(),
+            loads: self.loads.clone(),
         };
         find_or_spawn(
             Self::saga_name(&self.instance, order_id),

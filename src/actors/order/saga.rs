@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::actors::bridge::{HandleError, HandleResult, Handled};
@@ -22,8 +21,9 @@ use crate::domain::envelope::{
 use crate::domain::ids::OrderId;
 use crate::domain::order::DEFAULT_CARD_TOKEN;
 use crate::domain::saga::{self, Deadline, Outcome, SagaCommand, SagaEvent, SagaState, SagaStatus};
+use crate::infra::db::batched::Batched;
 use crate::infra::db::messaging::OutboxMessage;
-use crate::infra::db::orders::{self as repo, SagaStep, SagaSteps, StepOutcome};
+use crate::infra::db::orders::{SagaLoads, SagaStep, SagaSteps, StepOutcome};
 use crate::metrics as m;
 
 /// The inbox consumer name of the order saga.
@@ -40,10 +40,11 @@ pub enum SagaMsg {
 
 pub struct SagaArgs {
     pub order_id: Uuid,
-    pub pool: PgPool,
     pub config: Arc<SagaConfig>,
     /// Where the saga's steps are written (in groups, on the orders writer).
     pub steps: SagaSteps,
+    /// Where the saga's state is read when it starts (with the other sagas starting then).
+    pub loads: Batched<SagaLoads>,
 }
 
 pub struct SagaActorState {
@@ -219,7 +220,10 @@ impl SagaActorState {
         if let Some(loaded) = &self.loaded {
             return Ok(loaded.clone());
         }
-        let row = repo::load_saga(&self.args.pool, self.args.order_id)
+        let row = self
+            .args
+            .loads
+            .submit(self.args.order_id)
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         let loaded = match row {

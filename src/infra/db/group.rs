@@ -81,10 +81,50 @@ async fn group_loop<W: GroupWork>(
     name: &'static str,
     writer: Writer,
     work: Arc<W>,
-    mut rx: mpsc::Receiver<Request<W>>,
+    rx: mpsc::Receiver<Request<W>>,
     group_max: usize,
 ) {
-    let mut carried: Option<Request<W>> = None;
+    let fits = {
+        let work = work.clone();
+        move |items: &[W::Item], item: &W::Item| work.fits(items, item)
+    };
+    set_loop(
+        name,
+        rx,
+        group_max,
+        fits,
+        move |items: Arc<Vec<W::Item>>| {
+            let single = work.single_statement(&items);
+            let job = (work.clone(), items);
+            let writer = writer.clone();
+            Box::pin(async move {
+                writer
+                    .run_with(single, move |conn| {
+                        let (work, items) = job.clone();
+                        Box::pin(async move { work.write(conn, &items).await })
+                    })
+                    .await
+            })
+        },
+    )
+    .await
+}
+
+/// The loop every set-based helper shares: takes the requests that waited while the previous
+/// set ran (up to `set_max`, while they `fit`), runs them with one `run`, and answers each.
+pub(super) async fn set_loop<I, O, F, R>(
+    name: &'static str,
+    mut rx: mpsc::Receiver<(I, oneshot::Sender<Result<O, DbError>>)>,
+    set_max: usize,
+    fits: F,
+    run: R,
+) where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+    F: Fn(&[I], &I) -> bool,
+    R: Fn(Arc<Vec<I>>) -> BoxFuture<'static, Result<Vec<O>, DbError>>,
+{
+    let mut carried: Option<(I, oneshot::Sender<Result<O, DbError>>)> = None;
     loop {
         let first = match carried.take() {
             Some(r) => r,
@@ -94,9 +134,9 @@ async fn group_loop<W: GroupWork>(
             },
         };
         let (mut items, mut answers) = (vec![first.0], vec![first.1]);
-        while items.len() < group_max {
+        while items.len() < set_max {
             match rx.try_recv() {
-                Ok((item, answer)) if work.fits(&items, &item) => {
+                Ok((item, answer)) if fits(&items, &item) => {
                     items.push(item);
                     answers.push(answer);
                 }
@@ -109,16 +149,7 @@ async fn group_loop<W: GroupWork>(
         }
         metrics::histogram!(crate::metrics::GROUP_ITEMS, "group" => name)
             .record(items.len() as f64);
-        let items = Arc::new(items);
-        let single = work.single_statement(&items);
-        let job = (work.clone(), items.clone());
-        let outcome = writer
-            .run_with(single, move |conn| {
-                let (work, items) = job.clone();
-                Box::pin(async move { work.write(conn, &items).await })
-            })
-            .await;
-        match outcome {
+        match run(Arc::new(items)).await {
             Ok(outputs) if outputs.len() == answers.len() => {
                 for (answer, output) in answers.into_iter().zip(outputs) {
                     let _ = answer.send(Ok(output));
@@ -131,7 +162,7 @@ async fn group_loop<W: GroupWork>(
                 }
             }
             Err(e) => {
-                // Every item of the group is retried by its partition bridge.
+                // Every item of the set is retried by its caller (a partition bridge).
                 let text = e.to_string();
                 for answer in answers {
                     let _ = answer.send(Err(DbError::BatchFailed(text.clone())));

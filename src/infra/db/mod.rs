@@ -1,5 +1,6 @@
 //! PostgreSQL: the connection pool, migrations, and one repository module per service schema.
 
+pub mod batched;
 pub mod files;
 pub mod group;
 pub mod idempotency;

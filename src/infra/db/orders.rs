@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::DbError;
+use super::batched::SetQuery;
 use super::group::{GroupWork, Grouped};
 pub use super::messaging::OutboxMessage;
 use super::messaging::{OutboxColumns, Schema, note_outbox, write_outbox};
@@ -310,16 +311,40 @@ pub struct SagaRow {
     pub version: i32,
 }
 
-pub async fn load_saga(pool: &PgPool, order_id: Uuid) -> Result<Option<SagaRow>, DbError> {
-    let row =
-        sqlx::query("SELECT status, version, data FROM orders.saga_state WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(pool)
-            .await?;
-    row.map(|r| {
+/// Saga state loads, one statement per set: the states of the sagas that start together
+/// (a batch of replies for orders whose sagas are not in memory) are read at once.
+pub struct SagaLoads;
+
+impl SetQuery for SagaLoads {
+    type Item = Uuid;
+    type Output = Option<SagaRow>;
+
+    fn run<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        items: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<Option<SagaRow>>, DbError>> {
+        Box::pin(load_sagas(pool, items))
+    }
+}
+
+/// The persisted state of each order's saga (`None`: no saga yet), in the order asked.
+pub async fn load_sagas(
+    pool: &PgPool,
+    order_ids: &[Uuid],
+) -> Result<Vec<Option<SagaRow>>, DbError> {
+    let rows = sqlx::query(
+        "SELECT order_id, status, version, data FROM orders.saga_state WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(pool)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let order_id: Uuid = r.try_get("order_id")?;
         let status: String = r.try_get("status")?;
         let data: serde_json::Value = r.try_get("data")?;
-        Ok(SagaRow {
+        let row = SagaRow {
             state: SagaState {
                 status: SagaStatus::parse(&status)
                     .ok_or_else(|| DbError::Corrupt(format!("unknown saga status {status:?}")))?,
@@ -327,9 +352,10 @@ pub async fn load_saga(pool: &PgPool, order_id: Uuid) -> Result<Option<SagaRow>,
                     .map_err(|e| DbError::Corrupt(format!("saga data of {order_id}: {e}")))?,
             },
             version: r.try_get("version")?,
-        })
-    })
-    .transpose()
+        };
+        found.insert(order_id, row);
+    }
+    Ok(order_ids.iter().map(|id| found.get(id).cloned()).collect())
 }
 
 /// One saga transition as it is persisted.
