@@ -88,11 +88,7 @@ impl BatchRouter {
 #[async_trait]
 impl Router for BatchRouter {
     async fn route(&self, record: Arc<Record>) -> Result<Routed, HandleError> {
-        let payload = record
-            .payload
-            .as_deref()
-            .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
-        let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
+        let envelope = record.envelope()?;
         let (reply, result) = oneshot::channel();
         let (started, started_rx) = oneshot::channel();
         self.pending

@@ -32,6 +32,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record's envelope; a record without one can never be handled (poison).
+    pub fn envelope(&self) -> Result<crate::domain::envelope::Envelope, HandleError> {
+        let payload = self
+            .payload
+            .as_deref()
+            .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
+        crate::domain::envelope::Envelope::decode(payload)
+            .map_err(|e| HandleError::Poison(e.to_string()))
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

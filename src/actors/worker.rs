@@ -119,11 +119,7 @@ impl WorkerRouter {
 #[async_trait]
 impl Router for WorkerRouter {
     async fn route(&self, record: Arc<Record>) -> Result<Routed, HandleError> {
-        let payload = record
-            .payload
-            .as_deref()
-            .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
-        let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
+        let envelope = record.envelope()?;
         let key = record
             .key
             .clone()

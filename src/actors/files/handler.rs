@@ -98,12 +98,6 @@ struct Job {
     wanted: Wanted,
 }
 
-/// A document stored in S3, waiting for its record.
-struct Uploaded {
-    index: usize,
-    record: Document,
-}
-
 impl FileHandler {
     /// What `message` asks for: a document to store, or nothing (`Ok(None)`).
     fn plan(&self, index: usize, message: &Message) -> Result<Option<Job>, HandleError> {
@@ -153,7 +147,7 @@ impl FileHandler {
     /// Renders `job`'s document and stores it in S3 through the circuit: while S3 is down the
     /// record waits (retried without a limit by its bridge) instead of burning its attempts
     /// and landing in the dead-letter topic.
-    async fn upload(&self, job: Job) -> (usize, Result<Uploaded, HandleError>) {
+    async fn upload(&self, job: Job) -> (usize, Result<Document, HandleError>) {
         let index = job.index;
         let Ok(_permit) = self.uploads.acquire().await else {
             return (
@@ -196,13 +190,12 @@ impl FileHandler {
             customer_id: job.customer_id,
             created_at: chrono::Utc::now(),
         };
-        (index, Ok(Uploaded { index, record }))
+        (index, Ok(record))
     }
 
     /// Records a stored document with its inbox row and announcement (joining the group of
     /// the batch's other documents).
-    async fn record(&self, message: &Message, uploaded: Uploaded) -> (usize, HandleResult) {
-        let record = uploaded.record;
+    async fn record(&self, message: &Message, record: Document) -> HandleResult {
         let cause = Cause {
             consumer: CONSUMER,
             message_id: message.envelope.id,
@@ -217,15 +210,14 @@ impl FileHandler {
                 .record(&cause, &record, &ReceiptStored(record.stored()))
                 .await
         };
-        let result = match stored {
+        match stored {
             Ok(true) => {
                 tracing::info!(order_id = %record.order_id, kind = %record.kind, key = %record.object_key, bytes = record.size_bytes, "document stored");
                 Ok(Handled::Applied)
             }
             Ok(false) => Ok(Handled::Duplicate),
             Err(e) => Err(HandleError::Transient(e.to_string())),
-        };
-        (uploaded.index, result)
+        }
     }
 }
 
@@ -277,16 +269,15 @@ impl BatchHandler for FileHandler {
         let mut stored = Vec::new();
         for (index, outcome) in uploads {
             match outcome {
-                Ok(uploaded) => stored.push(uploaded),
+                Ok(document) => stored.push((index, document)),
                 Err(e) => results[index] = Some(Err(e)),
             }
         }
-        let recorded = futures::future::join_all(
-            stored
-                .into_iter()
-                .map(|uploaded| self.record(&batch[uploaded.index], uploaded)),
-        )
-        .await;
+        let recorded =
+            futures::future::join_all(stored.into_iter().map(|(index, document)| async move {
+                (index, self.record(&batch[index], document).await)
+            }))
+            .await;
         for (index, result) in recorded {
             results[index] = Some(result);
         }

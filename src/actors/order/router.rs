@@ -12,7 +12,7 @@ use super::saga::{OrderSaga, SagaArgs, SagaMsg};
 use crate::actors::bridge::{HandleError, Record, Routed, Router, find_or_spawn};
 use crate::actors::service::{RouterFactory, ServiceArgs};
 use crate::config::{Config, SagaConfig};
-use crate::domain::envelope::{Envelope, topics};
+use crate::domain::envelope::topics;
 use crate::infra::db::batched::Batched;
 use crate::infra::db::messaging::Schema;
 use crate::infra::db::orders::{SagaLoads, SagaSteps};
@@ -91,10 +91,6 @@ impl SagaRouter {
 #[async_trait]
 impl Router for SagaRouter {
     async fn route(&self, record: Arc<Record>) -> Result<Routed, HandleError> {
-        let payload = record
-            .payload
-            .as_deref()
-            .ok_or_else(|| HandleError::Poison("record has no payload".into()))?;
         if record
             .header("message-type")
             .is_some_and(|kind| super::saga::NOT_WAITED_FOR.contains(&kind))
@@ -104,7 +100,7 @@ impl Router for SagaRouter {
             let _ = tx.send(Ok(crate::actors::bridge::Handled::Ignored));
             return Ok(Routed::at_once(rx));
         }
-        let envelope = Envelope::decode(payload).map_err(|e| HandleError::Poison(e.to_string()))?;
+        let envelope = record.envelope()?;
         let saga = self.saga(envelope.order_id.as_uuid()).await?;
         let (tx, rx) = oneshot::channel();
         saga.cast(SagaMsg::Deliver {

@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 
 use super::DbError;
-use super::group::set_loop;
+use super::group::{SetSender, set_loop};
 
 /// What one statement answers for a set of requests.
 pub trait SetQuery: Send + Sync + 'static {
@@ -30,22 +29,15 @@ pub trait SetQuery: Send + Sync + 'static {
     }
 }
 
-type Request<Q> = (
-    <Q as SetQuery>::Item,
-    oneshot::Sender<Result<<Q as SetQuery>::Output, DbError>>,
-);
-
 /// Hands requests to the set task. Cheap to clone.
 pub struct Batched<Q: SetQuery> {
-    name: &'static str,
-    requests: mpsc::Sender<Request<Q>>,
+    set: SetSender<Q::Item, Q::Output>,
 }
 
 impl<Q: SetQuery> Clone for Batched<Q> {
     fn clone(&self) -> Self {
         Self {
-            name: self.name,
-            requests: self.requests.clone(),
+            set: self.set.clone(),
         }
     }
 }
@@ -54,27 +46,22 @@ impl<Q: SetQuery> Batched<Q> {
     /// Starts the set task on `pool`; it ends when the last clone is dropped.
     pub fn start(name: &'static str, pool: PgPool, query: Q, set_max: usize) -> Self {
         let set_max = set_max.max(1);
-        let (requests, rx) = mpsc::channel(set_max * 8);
+        let (set, rx) = SetSender::open(name, set_max);
         let query = Arc::new(query);
         let fits = {
             let query = query.clone();
-            move |set: &[Q::Item], item: &Q::Item| query.fits(set, item)
+            move |items: &[Q::Item], item: &Q::Item| query.fits(items, item)
         };
         let run = move |items: Arc<Vec<Q::Item>>| -> BoxFuture<'static, _> {
             let (query, pool) = (query.clone(), pool.clone());
             Box::pin(async move { query.run(&pool, &items).await })
         };
         tokio::spawn(set_loop(name, rx, set_max, fits, run));
-        Batched { name, requests }
+        Batched { set }
     }
 
     /// Runs `item` with the next set; its output once the statement returned.
     pub async fn submit(&self, item: Q::Item) -> Result<Q::Output, DbError> {
-        let (answer, rx) = oneshot::channel();
-        self.requests
-            .send((item, answer))
-            .await
-            .map_err(|_| DbError::WriterStopped(self.name))?;
-        rx.await.map_err(|_| DbError::WriterStopped(self.name))?
+        self.set.submit(item).await
     }
 }

@@ -37,18 +37,16 @@ pub trait GroupWork: Send + Sync + 'static {
     }
 }
 
-type Request<W> = (
-    <W as GroupWork>::Item,
-    oneshot::Sender<Result<<W as GroupWork>::Output, DbError>>,
-);
+type Request<I, O> = (I, oneshot::Sender<Result<O, DbError>>);
 
-/// Hands items to the group task. Cheap to clone.
-pub struct Grouped<W: GroupWork> {
+/// The asking side of a set task: hands an item to the task and waits for its output. Cheap
+/// to clone; the task ends when the last clone is dropped.
+pub(super) struct SetSender<I, O> {
     name: &'static str,
-    requests: mpsc::Sender<Request<W>>,
+    requests: mpsc::Sender<Request<I, O>>,
 }
 
-impl<W: GroupWork> Clone for Grouped<W> {
+impl<I, O> Clone for SetSender<I, O> {
     fn clone(&self) -> Self {
         Self {
             name: self.name,
@@ -57,17 +55,18 @@ impl<W: GroupWork> Clone for Grouped<W> {
     }
 }
 
-impl<W: GroupWork> Grouped<W> {
-    /// Starts the group task on `writer`; it ends when the last clone is dropped.
-    pub fn start(name: &'static str, writer: Writer, work: W, group_max: usize) -> Self {
-        let group_max = group_max.max(1);
-        let (requests, rx) = mpsc::channel(group_max * 8);
-        tokio::spawn(group_loop(name, writer, Arc::new(work), rx, group_max));
-        Grouped { name, requests }
+impl<I, O> SetSender<I, O> {
+    /// A sender and the receiver its task reads, for sets of at most `set_max` items.
+    pub(super) fn open(
+        name: &'static str,
+        set_max: usize,
+    ) -> (Self, mpsc::Receiver<Request<I, O>>) {
+        let (requests, rx) = mpsc::channel(set_max.max(1) * 8);
+        (SetSender { name, requests }, rx)
     }
 
-    /// Writes `item` with the next group; its output once the group committed.
-    pub async fn submit(&self, item: W::Item) -> Result<W::Output, DbError> {
+    /// Hands `item` to the next set; its output once the set ran.
+    pub(super) async fn submit(&self, item: I) -> Result<O, DbError> {
         let (answer, rx) = oneshot::channel();
         self.requests
             .send((item, answer))
@@ -77,11 +76,39 @@ impl<W: GroupWork> Grouped<W> {
     }
 }
 
+/// Hands items to the group task. Cheap to clone.
+pub struct Grouped<W: GroupWork> {
+    set: SetSender<W::Item, W::Output>,
+}
+
+impl<W: GroupWork> Clone for Grouped<W> {
+    fn clone(&self) -> Self {
+        Self {
+            set: self.set.clone(),
+        }
+    }
+}
+
+impl<W: GroupWork> Grouped<W> {
+    /// Starts the group task on `writer`; it ends when the last clone is dropped.
+    pub fn start(name: &'static str, writer: Writer, work: W, group_max: usize) -> Self {
+        let group_max = group_max.max(1);
+        let (set, rx) = SetSender::open(name, group_max);
+        tokio::spawn(group_loop(name, writer, Arc::new(work), rx, group_max));
+        Grouped { set }
+    }
+
+    /// Writes `item` with the next group; its output once the group committed.
+    pub async fn submit(&self, item: W::Item) -> Result<W::Output, DbError> {
+        self.set.submit(item).await
+    }
+}
+
 async fn group_loop<W: GroupWork>(
     name: &'static str,
     writer: Writer,
     work: Arc<W>,
-    rx: mpsc::Receiver<Request<W>>,
+    rx: mpsc::Receiver<Request<W::Item, W::Output>>,
     group_max: usize,
 ) {
     let fits = {
@@ -114,7 +141,7 @@ async fn group_loop<W: GroupWork>(
 /// set ran (up to `set_max`, while they `fit`), runs them with one `run`, and answers each.
 pub(super) async fn set_loop<I, O, F, R>(
     name: &'static str,
-    mut rx: mpsc::Receiver<(I, oneshot::Sender<Result<O, DbError>>)>,
+    mut rx: mpsc::Receiver<Request<I, O>>,
     set_max: usize,
     fits: F,
     run: R,
@@ -124,7 +151,7 @@ pub(super) async fn set_loop<I, O, F, R>(
     F: Fn(&[I], &I) -> bool,
     R: Fn(Arc<Vec<I>>) -> BoxFuture<'static, Result<Vec<O>, DbError>>,
 {
-    let mut carried: Option<(I, oneshot::Sender<Result<O, DbError>>)> = None;
+    let mut carried: Option<Request<I, O>> = None;
     loop {
         let first = match carried.take() {
             Some(r) => r,
