@@ -13,8 +13,18 @@ use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// Reads every text message until the server closes the socket.
 async fn collect(app: &TestApp, id: &str) -> Vec<Value> {
+    let (socket, first) = open(app, id).await;
+    rest(socket, first).await
+}
+
+/// Opens the order's stream and reads its first message (the state): from then on the hub
+/// forwards the order's events, since the server subscribes before it reads the state.
+async fn open(app: &TestApp, id: &str) -> (Socket, Vec<Value>) {
     let url = format!(
         "{}/v1/orders/{id}/events",
         app.base.replacen("http://", "ws://", 1)
@@ -46,7 +56,24 @@ async fn collect(app: &TestApp, id: &str) -> Vec<Value> {
     let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .unwrap_or_else(|e| panic!("websocket connect: {e}"));
-    let mut messages = Vec::new();
+    let first = tokio::time::timeout(WAIT, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    break vec![serde_json::from_str(t.as_str()).unwrap_or(Value::Null)];
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break Vec::new(),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream of {id} sent nothing"));
+    (socket, first)
+}
+
+/// Reads the rest of the stream until the server closes it.
+async fn rest(mut socket: Socket, mut messages: Vec<Value>) -> Vec<Value> {
     let read = async {
         while let Some(msg) = socket.next().await {
             match msg {
@@ -60,7 +87,7 @@ async fn collect(app: &TestApp, id: &str) -> Vec<Value> {
     };
     tokio::time::timeout(WAIT, read)
         .await
-        .unwrap_or_else(|_| panic!("the stream of {id} did not close"));
+        .unwrap_or_else(|_| panic!("the stream did not close"));
     messages
 }
 
@@ -68,11 +95,9 @@ async fn collect(app: &TestApp, id: &str) -> Vec<Value> {
 async fn the_stream_follows_an_order_handled_by_another_process() {
     let mut env = TestEnv::new().await;
     env.config.payment.latency_ms = 300;
-    // The API process runs no saga; the worker process runs every service but the API.
+    // The API process runs no saga; the worker process runs every service but the API. It
+    // starts once the stream is open, so every saga event comes after the subscription.
     let edge = env.spawn(&[Service::Api]).await;
-    let workers = env
-        .spawn(&[Service::Order, Service::Inventory, Service::Payment])
-        .await;
     support::create_product(&edge.base, "WS", 250, 5).await;
     let resp = edge
         .place_order(&order_body("ws-client", &[("WS", 2)]))
@@ -80,7 +105,11 @@ async fn the_stream_follows_an_order_handled_by_another_process() {
     let id: Value = resp.json().await.unwrap_or_default();
     let id = id["order_id"].as_str().unwrap_or_default().to_owned();
 
-    let messages = collect(&edge, &id).await;
+    let (socket, first) = open(&edge, &id).await;
+    let workers = env
+        .spawn(&[Service::Order, Service::Inventory, Service::Payment])
+        .await;
+    let messages = rest(socket, first).await;
     let kinds: Vec<&str> = messages
         .iter()
         .map(|m| m["type"].as_str().unwrap_or("?"))
