@@ -191,6 +191,12 @@ impl App {
             s3,
             s3_breaker,
             smtp_breaker,
+            intakes: crate::infra::db::orders::Intakes::start(
+                writers
+                    .get(crate::infra::db::messaging::Schema::Orders)
+                    .clone(),
+                config.database.batch_max,
+            ),
             writers,
             metrics,
             auth,

@@ -10,10 +10,16 @@
 //! first use in `auth.dev_key_file`, published at `/.well-known/jwks.json` and used by
 //! `orderflow token` to mint tokens. With `auth.mode = "oidc"` the keys come from any OpenID
 //! Connect provider (Keycloak in docker-compose.yml) instead.
+//!
+//! A token that verified is remembered ([`Verified`]) until it expires, for at most
+//! [`VERIFIED_FOR`], and only while the key set that verified it is the current one: a client
+//! sends the same token with every request, and the signature check (P-256 or RSA) was the
+//! largest single cost of a request. A token is never accepted from memory after its `exp`,
+//! nor once the issuer's keys were fetched again (a key rotated out drops what it verified).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -139,6 +145,8 @@ impl Claims {
 #[derive(Debug, Deserialize)]
 struct TokenClaims {
     sub: String,
+    /// Required by the validation; kept to bound how long the verified token is remembered.
+    exp: u64,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -427,6 +435,63 @@ pub struct Authenticator {
     source: Source,
     /// The development issuer's key (`auth.mode = "dev"`), published by the API.
     dev_key: Option<Arc<SigningKey>>,
+    /// Tokens that verified recently.
+    verified: Verified,
+}
+
+/// How long a verified token is remembered at most (its `exp` may end it earlier).
+pub const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// The most tokens remembered; when full, expired ones are dropped, and if none was, all.
+const VERIFIED_MAX: usize = 10_000;
+
+/// Tokens that verified, by their exact text: the principal they grant, until when, and the
+/// key set that verified them.
+#[derive(Default)]
+struct Verified {
+    tokens: Mutex<HashMap<String, VerifiedToken>>,
+}
+
+struct VerifiedToken {
+    principal: Principal,
+    /// Unix seconds after which the token is expired (its `exp` plus the leeway).
+    valid_until: u64,
+    /// When this entry is dropped at the latest ([`VERIFIED_FOR`] after it was verified).
+    remembered_until: Instant,
+    keys: Arc<KeySet>,
+}
+
+impl Verified {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VerifiedToken>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The principal of `token` if it verified with `keys` (still the current set) and is
+    /// valid at `now` (unix seconds).
+    fn get(&self, token: &str, keys: &Arc<KeySet>, now: u64) -> Option<Principal> {
+        let mut tokens = self.lock();
+        let entry = tokens.get(token)?;
+        if entry.valid_until >= now
+            && entry.remembered_until > Instant::now()
+            && Arc::ptr_eq(&entry.keys, keys)
+        {
+            return Some(entry.principal.clone());
+        }
+        tokens.remove(token);
+        None
+    }
+
+    fn insert(&self, token: &str, entry: VerifiedToken) {
+        let mut tokens = self.lock();
+        if tokens.len() >= VERIFIED_MAX {
+            let now = unix_now();
+            let instant = Instant::now();
+            tokens.retain(|_, e| e.valid_until >= now && e.remembered_until > instant);
+            if tokens.len() >= VERIFIED_MAX {
+                tokens.clear();
+            }
+        }
+        tokens.insert(token.to_owned(), entry);
+    }
 }
 
 impl Authenticator {
@@ -468,6 +533,7 @@ impl Authenticator {
             keys: RwLock::new(Arc::new(keys)),
             source,
             dev_key,
+            verified: Verified::default(),
         })
     }
 
@@ -490,9 +556,12 @@ impl Authenticator {
         }
     }
 
-    /// Checks the `Authorization` header's bearer token.
+    /// Checks the `Authorization` header's bearer token (or finds it verified recently).
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let token = bearer(authorization).ok_or(AuthError::Missing)?;
+        if let Some(principal) = self.verified.get(token, &self.current(), unix_now()) {
+            return Ok(principal);
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm"))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -525,10 +594,21 @@ impl Authenticator {
             .map(str::to_owned)
             .collect();
         scopes.extend(claims.scp.unwrap_or_default());
-        Ok(Principal {
+        let principal = Principal {
             subject: claims.sub,
             scopes,
-        })
+        };
+        // Not yet valid tokens were refused above, so from now on only the expiry matters.
+        self.verified.insert(
+            token,
+            VerifiedToken {
+                principal: principal.clone(),
+                valid_until: claims.exp.saturating_add(self.leeway_secs),
+                remembered_until: Instant::now() + VERIFIED_FOR,
+                keys,
+            },
+        );
+        Ok(principal)
     }
 
     /// Fetches the issuer's keys again (at most once per `jwks_min_refresh_ms`); keeps the
@@ -713,6 +793,51 @@ mod tests {
         let again = SigningKey::load_or_create(Path::new(&config.dev_key_file))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.kid(), key.kid());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_remembered_only_while_valid_and_their_keys_current() {
+        let (dir, config, auth, key) = dev_issuer();
+        let claims = Claims::new(&config, "c-2", &["orders:read"], Duration::from_secs(60));
+        let token = key.sign(&claims).unwrap_or_else(|e| panic!("{e}"));
+        let header = format!("Bearer {token}");
+        let first = auth
+            .authenticate(Some(&header))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let keys = auth.current();
+        let now = unix_now();
+        assert_eq!(auth.verified.get(&token, &keys, now), Some(first.clone()));
+        let again = auth
+            .authenticate(Some(&header))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, first);
+        // Past its expiry (and the leeway) the remembered token is forgotten, not accepted.
+        let after = claims.exp + config.leeway_secs + 1;
+        assert_eq!(auth.verified.get(&token, &keys, after), None);
+        assert_eq!(auth.verified.get(&token, &keys, now), None);
+        // Verified again, then the keys are fetched again: what the old set verified is
+        // forgotten.
+        auth.authenticate(Some(&header))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refetched = Arc::new(KeySet::from_jwks(&JwkSet {
+            keys: vec![key.jwk().clone()],
+        }));
+        assert_eq!(auth.verified.get(&token, &refetched, now), None);
+        // A refused token is not remembered.
+        let expired = Claims {
+            exp: now - 600,
+            ..claims
+        };
+        let expired = key.sign(&expired).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            auth.authenticate(Some(&format!("Bearer {expired}"))).await,
+            Err(AuthError::Invalid("expired"))
+        );
+        assert!(auth.verified.lock().get(&expired).is_none());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -482,3 +482,160 @@ async fn duplicate_saga_command_deliveries_have_one_effect() {
     app.app.shutdown().await;
     env.cleanup().await;
 }
+
+/// Orders placed while the intake is busy are stored as one set: one statement (and one
+/// transaction) for all of them, each order whole — its lines, its saga's first step, inbox row,
+/// journal entry and outbox rows in its own order — and an idempotency key's response stored
+/// with its order. A current-thread runtime queues every intake before the group task runs.
+#[tokio::test]
+async fn orders_placed_together_are_stored_as_one_set_each_whole() {
+    use orderflow::actors::order::saga;
+    use orderflow::domain::envelope::{Envelope, OrderPlaced};
+    use orderflow::domain::ids::OrderId;
+    use orderflow::domain::order::PlaceOrder;
+    use orderflow::infra::db::idempotency::{self, KeyRef};
+    use orderflow::infra::db::messaging::Schema;
+    use orderflow::infra::db::orders::{Intakes, OutboxMessage, SagaStart};
+
+    let env = TestEnv::new().await;
+    orderflow::infra::db::migrate(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let writers = support::writers(&env.pool);
+    let intakes = Intakes::start(writers.get(Schema::Orders).clone(), 64);
+    let now = chrono::Utc::now();
+    let orders: Vec<_> = (0..40_usize)
+        .map(|i| {
+            let lines: Vec<(String, u32)> = (0..=(i % 3))
+                .map(|l| (format!("SKU-{l}"), u32::try_from(i + 1).unwrap_or(1)))
+                .collect();
+            let lines: Vec<(&str, u32)> = lines.iter().map(|(s, q)| (s.as_str(), *q)).collect();
+            let request: PlaceOrder =
+                serde_json::from_value(order_body(&format!("cust-{i}"), &lines))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            let order = request.validate().unwrap_or_else(|e| panic!("{e}"));
+            let id = OrderId::new();
+            let placed = OrderPlaced {
+                customer_id: order.customer_id.clone(),
+                currency: order.currency,
+                lines: order.lines.clone(),
+                card_token: Some(order.card_token.clone()),
+                email: order.email.clone(),
+            };
+            let envelope = Envelope::new(id, &placed, now);
+            let first = saga::first_step(id, &placed, &env.config.saga, now);
+            // Every fifth order carries an idempotency key.
+            let key = (i % 5 == 0).then(|| KeyRef {
+                subject: format!("cust-{i}"),
+                route: "POST /v1/orders".into(),
+                key: format!("key-{i}"),
+            });
+            (id, order, envelope, first, key)
+        })
+        .collect();
+    for (_, _, _, _, key) in &orders {
+        if let Some(key) = key {
+            let claim = idempotency::claim(&env.pool, key, &[7; 32], 3600, 60)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(claim, idempotency::Claim::Claimed);
+        }
+    }
+    let stored =
+        futures::future::join_all(orders.iter().map(|(id, order, envelope, first, key)| {
+            let intakes = &intakes;
+            async move {
+                let messages: Vec<OutboxMessage<'_>> =
+                    std::iter::once((topics::ORDER_EVENTS, envelope))
+                        .chain(first.commands.iter().map(|(topic, e)| (*topic, e)))
+                        .map(|(topic, envelope)| OutboxMessage {
+                            topic,
+                            envelope,
+                            traceparent: None,
+                        })
+                        .collect();
+                let start = SagaStart {
+                    consumer: saga::CONSUMER,
+                    state: &first.state,
+                    deadline: first.deadline,
+                    message_id: envelope.id,
+                    message_type: &envelope.kind,
+                };
+                intakes
+                    .insert_order(*id, order, now, "trace", &start, &messages, key.as_ref())
+                    .await
+            }
+        }))
+        .await;
+    for (record, (id, order, ..)) in stored.iter().zip(&orders) {
+        let record = record.as_ref().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(record.order_id, id.as_uuid());
+        assert_eq!(record.lines.len(), order.lines.len());
+    }
+    // One transaction for the whole set.
+    assert_eq!(
+        env.count("SELECT count(DISTINCT xmin::text) FROM orders.orders")
+            .await,
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM orders.orders").await, 40);
+    // 40 orders of 1, 2 and 3 lines: 14 + 13 * 2 + 13 * 3.
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders.order_lines").await,
+        79
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM orders.orders o JOIN orders.saga_state s ON s.order_id = o.id
+             JOIN orders.saga_journal j ON j.order_id = o.id
+             JOIN orders.inbox i ON i.message_id = j.message_id"
+        )
+        .await,
+        40
+    );
+    // Each order's lines numbered from 0 with its own quantities, and its two outbox rows
+    // (OrderPlaced, then ReserveStock) under its key, in that order.
+    for (id, order, envelope, ..) in &orders {
+        let lines: Vec<(i32, String, i32)> = sqlx::query_as(
+            "SELECT line_no, sku, quantity FROM orders.order_lines WHERE order_id = $1
+             ORDER BY line_no",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let expected: Vec<(i32, String, i32)> = order
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(n, l)| {
+                (
+                    i32::try_from(n).unwrap_or(-1),
+                    l.sku.to_string(),
+                    i32::try_from(l.quantity).unwrap_or(-1),
+                )
+            })
+            .collect();
+        assert_eq!(lines, expected, "order {id}");
+        let outbox: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+            "SELECT message_type, message_id FROM orders.outbox WHERE message_key = $1
+             ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(outbox.len(), 2, "order {id}");
+        assert_eq!(outbox[0], ("OrderPlaced".to_owned(), envelope.id));
+        assert_eq!(outbox[1].0, "ReserveStock");
+    }
+    // The keyed orders' responses are stored with them.
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM api.idempotency_keys WHERE status = 201 AND location LIKE '/v1/orders/%'"
+        )
+        .await,
+        8
+    );
+    env.cleanup().await;
+}

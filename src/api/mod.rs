@@ -43,6 +43,8 @@ pub struct ApiContext {
     /// The circuit around SMTP, shared with the notification service of this process.
     pub smtp_breaker: Arc<CircuitBreaker>,
     pub writers: Writers,
+    /// Stores new orders in groups, on the orders writer.
+    pub intakes: crate::infra::db::orders::Intakes,
     pub metrics: PrometheusHandle,
     /// Validates the bearer tokens of `/v1` requests.
     pub auth: Arc<crate::auth::Authenticator>,

@@ -171,17 +171,18 @@ pub(crate) async fn place_order(
         message_id: envelope.id,
         message_type: &envelope.kind,
     };
-    let record = repo::insert_order(
-        ctx.writers.get(Schema::Orders),
-        id,
-        &order,
-        now,
-        &trace.trace_id_hex(),
-        &start,
-        &messages,
-        claimed.as_ref(),
-    )
-    .await;
+    let record = ctx
+        .intakes
+        .insert_order(
+            id,
+            &order,
+            now,
+            &trace.trace_id_hex(),
+            &start,
+            &messages,
+            claimed.as_ref(),
+        )
+        .await;
     let record = match record {
         Ok(r) => r,
         Err(e) => {

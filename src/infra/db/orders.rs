@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
@@ -62,83 +61,116 @@ pub struct SagaStart<'a> {
     pub message_type: &'a str,
 }
 
-/// Stores a new order, its lines, its saga's first step and its outbox rows (`OrderPlaced`
-/// and the saga's first commands) atomically, in the next batch of the orders writer.
-#[allow(clippy::too_many_arguments)]
-pub async fn insert_order(
-    writer: &Writer,
-    id: OrderId,
-    order: &NewOrder,
-    now: DateTime<Utc>,
-    trace_id: &str,
-    saga: &SagaStart<'_>,
-    messages: &[OutboxMessage<'_>],
-    idempotency_key: Option<&super::idempotency::KeyRef>,
-) -> Result<OrderRecord, DbError> {
-    let skus: Vec<String> = order.lines.iter().map(|l| l.sku.to_string()).collect();
-    let quantities: Vec<i32> = order
-        .lines
-        .iter()
-        .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
-        .collect();
-    let record = OrderRecord {
-        order_id: id.as_uuid(),
-        customer_id: order.customer_id.to_string(),
-        currency: order.currency.code().to_owned(),
-        status: OrderStatus::Pending,
-        cancel_reason: None,
-        lines: skus
-            .iter()
-            .zip(&quantities)
-            .map(|(sku, quantity)| LineRecord {
-                sku: sku.clone(),
-                quantity: *quantity,
-            })
-            .collect(),
-        created_at: now,
-        updated_at: now,
-    };
-    // The response an idempotency key will answer again, committed with the order.
-    let finish = idempotency_key.map(|key| {
-        let response = super::idempotency::Stored {
-            status: 201,
-            location: Some(format!("/v1/orders/{id}")),
-            body: serde_json::to_vec(&record).unwrap_or_default(),
-        };
-        (key.clone(), response)
-    });
-    let write = Arc::new(IntakeWrite {
-        id: id.as_uuid(),
-        customer_id: record.customer_id.clone(),
-        currency: record.currency.clone(),
-        trace_id: trace_id.to_owned(),
-        card_token: order.card_token.clone(),
-        now,
-        skus,
-        quantities,
-        saga_consumer: saga.consumer.to_owned(),
-        saga_status: saga.state.status.as_str(),
-        saga_data: serde_json::to_value(&saga.state.data)
-            .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?,
-        saga_deadline: saga.deadline,
-        placed_id: saga.message_id,
-        placed_type: saga.message_type.to_owned(),
-        outbox: OutboxColumns::new(messages),
-        finish,
-    });
-    // Without an idempotency key the intake is one statement.
-    writer
-        .run_with(idempotency_key.is_none(), move |conn| {
-            let w = write.clone();
-            Box::pin(async move { w.execute(conn).await })
+/// Order intakes as group work: the orders whose requests wait while the previous group is
+/// written are stored together, with one statement for all of them (and one more per order
+/// that carries an idempotency key, for its stored response).
+pub struct IntakeWork;
+
+impl GroupWork for IntakeWork {
+    type Item = IntakeWrite;
+    type Output = ();
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+        items: &'c [IntakeWrite],
+    ) -> BoxFuture<'c, Result<Vec<()>, DbError>> {
+        Box::pin(async move {
+            insert_all(conn, items).await?;
+            Ok(vec![(); items.len()])
         })
-        .await?;
-    Ok(record)
+    }
+
+    fn single_statement(&self, items: &[IntakeWrite]) -> bool {
+        items.iter().all(|i| i.finish.is_none())
+    }
 }
 
-/// An order intake's bind parameters.
+/// Hands new orders to the intake group task of the orders writer. Cheap to clone.
 #[derive(Clone)]
-struct IntakeWrite {
+pub struct Intakes {
+    group: Grouped<IntakeWork>,
+}
+
+impl Intakes {
+    /// Starts the group task on `writer`; it ends when the last clone is dropped.
+    pub fn start(writer: Writer, group_max: usize) -> Self {
+        Intakes {
+            group: Grouped::start("order intakes", writer, IntakeWork, group_max),
+        }
+    }
+
+    /// Stores a new order, its lines, its saga's first step and its outbox rows (`OrderPlaced`
+    /// and the saga's first commands) atomically, with the other orders of its group.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_order(
+        &self,
+        id: OrderId,
+        order: &NewOrder,
+        now: DateTime<Utc>,
+        trace_id: &str,
+        saga: &SagaStart<'_>,
+        messages: &[OutboxMessage<'_>],
+        idempotency_key: Option<&super::idempotency::KeyRef>,
+    ) -> Result<OrderRecord, DbError> {
+        let quantities: Vec<i32> = order
+            .lines
+            .iter()
+            .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
+            .collect();
+        let record = OrderRecord {
+            order_id: id.as_uuid(),
+            customer_id: order.customer_id.to_string(),
+            currency: order.currency.code().to_owned(),
+            status: OrderStatus::Pending,
+            cancel_reason: None,
+            lines: order
+                .lines
+                .iter()
+                .zip(&quantities)
+                .map(|(l, quantity)| LineRecord {
+                    sku: l.sku.to_string(),
+                    quantity: *quantity,
+                })
+                .collect(),
+            created_at: now,
+            updated_at: now,
+        };
+        // The response an idempotency key will answer again, committed with the order.
+        let finish = idempotency_key.map(|key| {
+            let response = super::idempotency::Stored {
+                status: 201,
+                location: Some(format!("/v1/orders/{id}")),
+                body: serde_json::to_vec(&record).unwrap_or_default(),
+            };
+            (key.clone(), response)
+        });
+        let write = IntakeWrite {
+            id: id.as_uuid(),
+            customer_id: record.customer_id.clone(),
+            currency: record.currency.clone(),
+            trace_id: trace_id.to_owned(),
+            card_token: order.card_token.clone(),
+            now,
+            skus: record.lines.iter().map(|l| l.sku.clone()).collect(),
+            quantities,
+            saga_consumer: saga.consumer.to_owned(),
+            saga_status: saga.state.status.as_str(),
+            saga_data: serde_json::to_value(&saga.state.data)
+                .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?,
+            saga_deadline: saga.deadline,
+            placed_id: saga.message_id,
+            placed_type: saga.message_type.to_owned(),
+            outbox: OutboxColumns::new(messages),
+            finish,
+        };
+        self.group.submit(write).await?;
+        Ok(record)
+    }
+}
+
+/// One order intake's values.
+pub struct IntakeWrite {
     id: Uuid,
     customer_id: String,
     currency: String,
@@ -158,64 +190,146 @@ struct IntakeWrite {
     finish: Option<(super::idempotency::KeyRef, super::idempotency::Stored)>,
 }
 
-impl IntakeWrite {
-    /// One statement: the order, its lines, the saga's state, inbox row and journal entry, and
-    /// the outbox rows (and a second one for the idempotency key's response).
-    async fn execute(&self, conn: &mut PgConnection) -> Result<(), DbError> {
-        let o = &self.outbox;
-        sqlx::query(
-            "WITH o AS (
-                 INSERT INTO orders.orders
-                   (id, customer_id, currency, status, trace_id, card_token, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $6)
-                 RETURNING id
-             ), lines AS (
-                 INSERT INTO orders.order_lines (order_id, line_no, sku, quantity)
-                 SELECT o.id, l.n - 1, l.sku, l.qty
-                 FROM o, UNNEST($7::text[], $8::int[]) WITH ORDINALITY AS l(sku, qty, n)
-             ), saga AS (
-                 INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
-                 SELECT o.id, $14, 1, $15, $16, $6 FROM o
-             ), claim AS (
-                 INSERT INTO orders.inbox (consumer, message_id) SELECT $17, $18 FROM o
-             ), journal AS (
-                 INSERT INTO orders.saga_journal
-                   (order_id, message_id, message_type, from_status, to_status, trace_id)
-                 SELECT o.id, $18, $19, 'NEW', $14, $4 FROM o
-             )
-             INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
-             SELECT m.id, m.topic, o.id::text, m.kind, m.payload, m.headers
-             FROM o, UNNEST($9::uuid[], $10::text[], $11::text[], $12::bytea[], $13::jsonb[])
-                  AS m(id, topic, kind, payload, headers)",
-        )
-        .bind(self.id)
-        .bind(&self.customer_id)
-        .bind(&self.currency)
-        .bind(&self.trace_id)
-        .bind(&self.card_token)
-        .bind(self.now)
-        .bind(&self.skus)
-        .bind(&self.quantities)
-        .bind(&o.ids)
-        .bind(&o.topics)
-        .bind(&o.kinds)
-        .bind(&o.payloads)
-        .bind(&o.headers)
-        .bind(self.saga_status)
-        .bind(&self.saga_data)
-        .bind(self.saga_deadline)
-        .bind(&self.saga_consumer)
-        .bind(self.placed_id)
-        .bind(&self.placed_type)
-        .execute(&mut *conn)
-        .await?;
-        // The statement wrote every outbox row (or failed).
-        note_outbox(o.records(&self.id.to_string()));
-        if let Some((key, response)) = &self.finish {
+/// A group of intakes as column arrays: one entry per order, per line, per outbox row.
+#[derive(Default)]
+struct IntakeColumns<'a> {
+    ids: Vec<Uuid>,
+    customers: Vec<&'a str>,
+    currencies: Vec<&'a str>,
+    trace_ids: Vec<&'a str>,
+    card_tokens: Vec<&'a str>,
+    times: Vec<DateTime<Utc>>,
+    saga_consumers: Vec<&'a str>,
+    saga_statuses: Vec<&'a str>,
+    saga_data: Vec<&'a serde_json::Value>,
+    saga_deadlines: Vec<Option<DateTime<Utc>>>,
+    placed_ids: Vec<Uuid>,
+    placed_types: Vec<&'a str>,
+    line_orders: Vec<Uuid>,
+    line_numbers: Vec<i32>,
+    line_skus: Vec<&'a str>,
+    line_quantities: Vec<i32>,
+    outbox_ids: Vec<Uuid>,
+    outbox_keys: Vec<String>,
+    outbox_topics: Vec<&'a str>,
+    outbox_kinds: Vec<&'a str>,
+    outbox_payloads: Vec<&'a [u8]>,
+    outbox_headers: Vec<&'a serde_json::Value>,
+}
+
+impl<'a> IntakeColumns<'a> {
+    fn of(items: &'a [IntakeWrite]) -> Self {
+        let mut c = IntakeColumns::default();
+        for w in items {
+            c.ids.push(w.id);
+            c.customers.push(&w.customer_id);
+            c.currencies.push(&w.currency);
+            c.trace_ids.push(&w.trace_id);
+            c.card_tokens.push(&w.card_token);
+            c.times.push(w.now);
+            c.saga_consumers.push(&w.saga_consumer);
+            c.saga_statuses.push(w.saga_status);
+            c.saga_data.push(&w.saga_data);
+            c.saga_deadlines.push(w.saga_deadline);
+            c.placed_ids.push(w.placed_id);
+            c.placed_types.push(&w.placed_type);
+            for (n, (sku, quantity)) in w.skus.iter().zip(&w.quantities).enumerate() {
+                c.line_orders.push(w.id);
+                c.line_numbers.push(i32::try_from(n).unwrap_or(i32::MAX));
+                c.line_skus.push(sku);
+                c.line_quantities.push(*quantity);
+            }
+            let o = &w.outbox;
+            for i in 0..o.ids.len() {
+                c.outbox_ids.push(o.ids[i]);
+                c.outbox_keys.push(w.id.to_string());
+                c.outbox_topics.push(&o.topics[i]);
+                c.outbox_kinds.push(&o.kinds[i]);
+                c.outbox_payloads.push(&o.payloads[i]);
+                c.outbox_headers.push(&o.headers[i]);
+            }
+        }
+        c
+    }
+}
+
+/// One statement for the whole group: the orders, their lines, the sagas' states, inbox rows
+/// and journal entries, and the outbox rows; then each idempotency key's stored response.
+async fn insert_all(conn: &mut PgConnection, items: &[IntakeWrite]) -> Result<(), DbError> {
+    let c = IntakeColumns::of(items);
+    sqlx::query(
+        "WITH o AS (
+             INSERT INTO orders.orders
+               (id, customer_id, currency, status, trace_id, card_token, created_at, updated_at)
+             SELECT u.id, u.customer, u.currency, 'PENDING', u.trace, u.card, u.at, u.at
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[]) AS u(id, customer, currency, trace, card, at)
+             RETURNING id
+         ), lines AS (
+             INSERT INTO orders.order_lines (order_id, line_no, sku, quantity)
+             SELECT l.id, l.n, l.sku, l.qty
+             FROM o JOIN UNNEST($7::uuid[], $8::int[], $9::text[], $10::int[])
+                  AS l(id, n, sku, qty) ON l.id = o.id
+         ), saga AS (
+             INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
+             SELECT s.id, s.status, 1, s.data, s.deadline, s.at
+             FROM o JOIN UNNEST($1::uuid[], $11::text[], $12::jsonb[], $13::timestamptz[],
+                                $6::timestamptz[]) AS s(id, status, data, deadline, at)
+                  ON s.id = o.id
+         ), claim AS (
+             INSERT INTO orders.inbox (consumer, message_id)
+             SELECT i.consumer, i.message_id
+             FROM o JOIN UNNEST($1::uuid[], $14::text[], $15::uuid[])
+                  AS i(id, consumer, message_id) ON i.id = o.id
+         ), journal AS (
+             INSERT INTO orders.saga_journal
+               (order_id, message_id, message_type, from_status, to_status, trace_id)
+             SELECT j.id, j.message_id, j.kind, 'NEW', j.status, j.trace
+             FROM o JOIN UNNEST($1::uuid[], $15::uuid[], $16::text[], $11::text[], $4::text[])
+                  AS j(id, message_id, kind, status, trace) ON j.id = o.id
+         )
+         INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
+         SELECT m.id, m.topic, m.key, m.kind, m.payload, m.headers
+         FROM o JOIN UNNEST($17::uuid[], $18::text[], $19::text[], $20::text[], $21::bytea[],
+                            $22::jsonb[]) WITH ORDINALITY
+                     AS m(id, key, topic, kind, payload, headers, n)
+              ON m.key = o.id::text
+         ORDER BY m.n",
+    )
+    .bind(&c.ids)
+    .bind(&c.customers)
+    .bind(&c.currencies)
+    .bind(&c.trace_ids)
+    .bind(&c.card_tokens)
+    .bind(&c.times)
+    .bind(&c.line_orders)
+    .bind(&c.line_numbers)
+    .bind(&c.line_skus)
+    .bind(&c.line_quantities)
+    .bind(&c.saga_statuses)
+    .bind(&c.saga_data)
+    .bind(&c.saga_deadlines)
+    .bind(&c.saga_consumers)
+    .bind(&c.placed_ids)
+    .bind(&c.placed_types)
+    .bind(&c.outbox_ids)
+    .bind(&c.outbox_keys)
+    .bind(&c.outbox_topics)
+    .bind(&c.outbox_kinds)
+    .bind(&c.outbox_payloads)
+    .bind(&c.outbox_headers)
+    .execute(&mut *conn)
+    .await?;
+    // The statement wrote every outbox row (or failed); they are published in this order.
+    for w in items {
+        note_outbox(w.outbox.records(&w.id.to_string()));
+    }
+    for w in items {
+        if let Some((key, response)) = &w.finish {
             super::idempotency::finish_on(conn, key, response).await?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The customer who placed order `id`, if it exists.
