@@ -196,6 +196,7 @@ impl App {
                     .get(crate::infra::db::messaging::Schema::Orders)
                     .clone(),
                 config.database.batch_max,
+                config.database.writers,
             ),
             writers,
             metrics,

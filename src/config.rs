@@ -445,7 +445,8 @@ pub struct SagaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InventoryConfig {
-    /// Keyed worker actors handling inventory commands (one key is always on one worker).
+    /// Inventory commands in progress at once in a process (a partition's batch runs its
+    /// orders concurrently; one order's commands one after another).
     pub workers: usize,
     /// How long a reservation holds stock before the sweeper releases it.
     pub reservation_ttl_secs: u64,
@@ -533,7 +534,8 @@ impl Default for FilesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PaymentConfig {
-    /// Keyed worker actors handling payment commands (a slow card network holds one worker).
+    /// Payment commands (and so provider calls) in progress at once in a process (a slow card
+    /// network holds one each).
     pub workers: usize,
     /// How long one provider call may take before it is retried.
     pub provider_timeout_ms: u64,

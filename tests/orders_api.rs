@@ -502,7 +502,7 @@ async fn orders_placed_together_are_stored_as_one_set_each_whole() {
         .await
         .unwrap_or_else(|e| panic!("migrate: {e}"));
     let writers = support::writers(&env.pool);
-    let intakes = Intakes::start(writers.get(Schema::Orders).clone(), 64);
+    let intakes = Intakes::start(writers.get(Schema::Orders).clone(), 64, 1);
     let now = chrono::Utc::now();
     let orders: Vec<_> = (0..40_usize)
         .map(|i| {

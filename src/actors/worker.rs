@@ -1,15 +1,19 @@
-//! Keyed workers: a fixed pool of actors per service, each handling the records whose key
-//! hashes to it, one at a time. Records of one key therefore stay in order, different keys run
-//! in parallel, and the number of actors is bounded whatever the number of keys.
+//! Command handlers in batches: a service whose logic is per command (inventory, payment) gets
+//! each partition's batch (see [`crate::actors::batch`]) and handles its commands concurrently,
+//! at most `workers` at once per process. The commands of one key (an order) run one after
+//! another in offset order, so an order's `ReserveStock` is decided before its `ReleaseStock`
+//! and its `AuthorizePayment` before its `RefundPayment`. Commands that run at once share their
+//! writes: each repository submits to a set (`infra::db::group`), so a batch's decisions are
+//! written with one statement per kind, not one per command.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 
-use crate::actors::bridge::{HandleError, HandleResult, Record, Routed, Router, find_or_spawn};
+use crate::actors::batch::{BatchHandler, Message};
+use crate::actors::bridge::{HandleError, HandleResult};
 use crate::domain::envelope::Envelope;
 
 /// What a service does with one message. Business outcomes (a rejection, a decline) are
@@ -17,129 +21,190 @@ use crate::domain::envelope::Envelope;
 /// for messages that can never be handled.
 #[async_trait]
 pub trait CommandHandler: Send + Sync + 'static {
-    async fn handle(&self, envelope: Envelope, traceparent: Option<String>) -> HandleResult;
+    async fn handle(&self, envelope: &Envelope, traceparent: Option<&str>) -> HandleResult;
 }
 
-pub struct Work {
-    envelope: Envelope,
-    traceparent: Option<String>,
-    /// Told when this worker starts on the record (the bridge's handler timeout runs from
-    /// then, not while the record waits in the mailbox).
-    started: oneshot::Sender<()>,
-    reply: RpcReplyPort<HandleResult>,
-}
-
-pub struct KeyedWorker;
-
-impl Actor for KeyedWorker {
-    type Msg = Work;
-    type State = Arc<dyn CommandHandler>;
-    type Arguments = Arc<dyn CommandHandler>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        handler: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(handler)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        work: Work,
-        handler: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = work.started.send(());
-        let result = handler.handle(work.envelope, work.traceparent).await;
-        let _ = work.reply.send(result);
-        Ok(())
-    }
-}
-
-/// Routes each record to worker `hash(key) % workers`, starting it on first use.
-/// The arguments of a service whose records `handler` handles on `workers` keyed workers
-/// (inventory, payment, file, notification): one router per partition bridge, all sharing the
-/// handler.
-pub fn keyed_service(
-    config: Arc<crate::config::Config>,
-    producer: rdkafka::producer::FutureProducer,
-    name: &'static str,
-    topics: Vec<&'static str>,
-    workers: usize,
+/// A [`BatchHandler`] that runs a [`CommandHandler`] on every message of a batch: different
+/// keys concurrently (bounded by a semaphore shared by all partitions of the process), one key's
+/// messages in their order.
+pub struct PerCommand {
     handler: Arc<dyn CommandHandler>,
-    instance: String,
-) -> crate::actors::service::ServiceArgs {
-    let router_instance = instance.clone();
-    let router: crate::actors::service::RouterFactory = Arc::new(move |supervisor: ActorCell| {
-        Arc::new(WorkerRouter {
-            service: name,
-            instance: router_instance.clone(),
-            workers,
-            handler: handler.clone(),
-            supervisor,
-        }) as Arc<dyn crate::actors::bridge::Router>
-    });
-    crate::actors::service::ServiceArgs {
-        config,
-        producer,
-        name,
-        topics,
-        router,
-        instance,
-    }
+    permits: Arc<Semaphore>,
 }
 
-pub struct WorkerRouter {
-    pub service: &'static str,
-    pub instance: String,
-    pub workers: usize,
-    pub handler: Arc<dyn CommandHandler>,
-    pub supervisor: ActorCell,
-}
-
-impl WorkerRouter {
-    fn index(&self, key: &[u8]) -> usize {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        (h.finish() % self.workers.max(1) as u64) as usize
+impl PerCommand {
+    /// At most `workers` commands of this service in progress at once in this process.
+    pub fn new(handler: Arc<dyn CommandHandler>, workers: usize) -> Self {
+        PerCommand {
+            handler,
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+        }
     }
 
-    async fn worker(&self, index: usize) -> Result<ActorRef<Work>, HandleError> {
-        find_or_spawn(
-            format!("{}/{}-worker/{index}", self.instance, self.service),
-            KeyedWorker,
-            || self.handler.clone(),
-            self.supervisor.clone(),
-        )
-        .await
+    async fn one(&self, message: &Message) -> HandleResult {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HandleError::Transient("the service is stopping".into()))?;
+        self.handler
+            .handle(&message.envelope, message.traceparent.as_deref())
+            .await
     }
 }
 
 #[async_trait]
-impl Router for WorkerRouter {
-    async fn route(&self, record: Arc<Record>) -> Result<Routed, HandleError> {
-        let envelope = record.envelope()?;
-        let key = record
-            .key
-            .clone()
-            .unwrap_or_else(|| envelope.order_id.to_string().into_bytes());
-        let worker = self.worker(self.index(&key)).await?;
-        let (tx, rx) = oneshot::channel();
-        let (started, started_rx) = oneshot::channel();
-        worker
-            .cast(Work {
-                envelope,
-                traceparent: record.header("traceparent").map(str::to_owned),
-                started,
-                reply: tx.into(),
-            })
-            .map_err(|_| {
-                HandleError::Transient("worker stopped before the record arrived".into())
-            })?;
-        Ok(Routed {
-            started: Some(started_rx),
-            result: rx,
-        })
+impl BatchHandler for PerCommand {
+    async fn handle_batch(&self, batch: &[Message]) -> Vec<HandleResult> {
+        let mut results: Vec<HandleResult> =
+            vec![Err(HandleError::Transient("not handled".into())); batch.len()];
+        for round in rounds(batch) {
+            let outcomes =
+                futures::future::join_all(round.iter().map(|&i| self.one(&batch[i]))).await;
+            for (i, outcome) in round.into_iter().zip(outcomes) {
+                results[i] = outcome;
+            }
+        }
+        results
+    }
+}
+
+/// Splits a batch into rounds in which every order appears at most once: an order's n-th
+/// message is in round n. Rounds run one after another, so one order's messages are handled
+/// in their order while different orders' run together.
+pub fn rounds(batch: &[Message]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<uuid::Uuid, usize> = HashMap::with_capacity(batch.len());
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, message) in batch.iter().enumerate() {
+        let n = seen.entry(message.envelope.order_id.as_uuid()).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::with_capacity(batch.len()));
+        }
+        rounds[*n].push(i);
+        *n += 1;
+    }
+    rounds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::bridge::Handled;
+    use crate::domain::envelope::SagaTimeout;
+    use crate::domain::ids::OrderId;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    fn message(order: OrderId) -> Message {
+        Message {
+            envelope: Envelope::new(
+                order,
+                &SagaTimeout {
+                    version: 1,
+                    status: "RESERVING".into(),
+                },
+                chrono::Utc::now(),
+            ),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn an_orders_messages_fall_in_successive_rounds() {
+        let (a, b, c) = (OrderId::new(), OrderId::new(), OrderId::new());
+        let batch: Vec<Message> = [a, b, a, c, a, b].into_iter().map(message).collect();
+        assert_eq!(rounds(&batch), vec![vec![0, 1, 3], vec![2, 5], vec![4]]);
+        assert!(rounds(&[]).is_empty());
+    }
+
+    /// Records when each message starts and ends; the first message of every order is slow,
+    /// and the message `fail` fails.
+    struct Probe {
+        log: Mutex<Vec<(uuid::Uuid, &'static str)>>,
+        first_of: Mutex<Vec<OrderId>>,
+        fail: uuid::Uuid,
+    }
+
+    #[async_trait]
+    impl CommandHandler for Probe {
+        async fn handle(&self, envelope: &Envelope, _: Option<&str>) -> HandleResult {
+            let first = {
+                let mut seen = self.first_of.lock().unwrap_or_else(|e| e.into_inner());
+                let first = !seen.contains(&envelope.order_id);
+                seen.push(envelope.order_id);
+                first
+            };
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((envelope.id, "start"));
+            if first {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((envelope.id, "end"));
+            if envelope.id == self.fail {
+                Err(HandleError::Transient("told to fail".into()))
+            } else {
+                Ok(Handled::Applied)
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_orders_commands_run_in_order_others_together_and_fail_alone() {
+        let (a, b) = (OrderId::new(), OrderId::new());
+        let batch: Vec<Message> = [a, b, a].into_iter().map(message).collect();
+        let probe = Arc::new(Probe {
+            log: Mutex::new(vec![]),
+            first_of: Mutex::new(vec![]),
+            fail: batch[1].envelope.id,
+        });
+        let handler = PerCommand::new(probe.clone(), 8);
+        let results = handler.handle_batch(&batch).await;
+        assert_eq!(results[0], Ok(Handled::Applied));
+        assert!(results[1].is_err(), "the failing command fails");
+        assert_eq!(results[2], Ok(Handled::Applied), "and only itself");
+        let log = probe.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let at = |id: uuid::Uuid, what: &str| {
+            log.iter()
+                .position(|(i, w)| *i == id && *w == what)
+                .unwrap_or(usize::MAX)
+        };
+        let ids: Vec<_> = batch.iter().map(|m| m.envelope.id).collect();
+        // a's and b's first commands ran together; a's second only after a's first ended.
+        assert!(at(ids[1], "start") < at(ids[0], "end"));
+        assert!(at(ids[0], "end") < at(ids[2], "start"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_workers_commands_run_at_once() {
+        struct Counting {
+            now: Mutex<(usize, usize)>,
+        }
+        #[async_trait]
+        impl CommandHandler for Counting {
+            async fn handle(&self, _: &Envelope, _: Option<&str>) -> HandleResult {
+                {
+                    let mut n = self.now.lock().unwrap_or_else(|e| e.into_inner());
+                    n.0 += 1;
+                    n.1 = n.1.max(n.0);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.now.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
+                Ok(Handled::Applied)
+            }
+        }
+        let counting = Arc::new(Counting {
+            now: Mutex::new((0, 0)),
+        });
+        let handler = PerCommand::new(counting.clone(), 3);
+        let batch: Vec<Message> = (0..10).map(|_| message(OrderId::new())).collect();
+        let results = handler.handle_batch(&batch).await;
+        assert!(results.iter().all(Result::is_ok));
+        let most = counting.now.lock().unwrap_or_else(|e| e.into_inner()).1;
+        assert_eq!(most, 3);
     }
 }

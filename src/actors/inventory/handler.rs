@@ -46,12 +46,12 @@ impl InventoryHandler {
 
 #[async_trait]
 impl CommandHandler for InventoryHandler {
-    async fn handle(&self, envelope: Envelope, traceparent: Option<String>) -> HandleResult {
+    async fn handle(&self, envelope: &Envelope, traceparent: Option<&str>) -> HandleResult {
         let ctx = CommandContext {
             consumer: CONSUMER,
             message_id: envelope.id,
             order_id: envelope.order_id,
-            traceparent,
+            traceparent: traceparent.map(str::to_owned),
         };
         let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
         let outcome = if envelope.is::<ReserveStock>() {

@@ -161,19 +161,19 @@ impl PaymentHandler {
 
 #[async_trait]
 impl CommandHandler for PaymentHandler {
-    async fn handle(&self, envelope: Envelope, traceparent: Option<String>) -> HandleResult {
+    async fn handle(&self, envelope: &Envelope, traceparent: Option<&str>) -> HandleResult {
         let h = Handling {
             consumer: CONSUMER,
             message_id: envelope.id,
-            traceparent,
+            traceparent: traceparent.map(str::to_owned),
         };
         let poison = |e: crate::domain::envelope::EnvelopeError| HandleError::Poison(e.to_string());
         if envelope.is::<AuthorizePayment>() {
             let cmd = envelope.payload_as::<AuthorizePayment>().map_err(poison)?;
-            self.authorize(&envelope, &h, cmd).await
+            self.authorize(envelope, &h, cmd).await
         } else if envelope.is::<RefundPayment>() {
             envelope.payload_as::<RefundPayment>().map_err(poison)?;
-            self.refund(&envelope, &h).await
+            self.refund(envelope, &h).await
         } else {
             Err(HandleError::Poison(format!(
                 "the payment service does not handle {} messages",

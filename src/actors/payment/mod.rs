@@ -1,19 +1,22 @@
-//! The payment service: keyed workers handle `AuthorizePayment` and `RefundPayment` through a
-//! `PaymentProvider` (`infra::payment_provider`).
+//! The payment service: each partition's batch of `AuthorizePayment` and `RefundPayment` is
+//! handled at once (`handler`, run by `actors::worker::PerCommand`) through a `PaymentProvider`
+//! (`infra::payment_provider`).
 
 pub mod handler;
 
 use sqlx::PgPool;
 use std::sync::Arc;
 
+use crate::actors::batch::batch_service;
 use crate::actors::service::ServiceArgs;
-use crate::actors::worker::keyed_service;
+use crate::actors::worker::PerCommand;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::db::writer::Writers;
 use crate::infra::payment_provider::PaymentProvider;
 
-/// The payment service: consumes `payment.commands` with a pool of keyed workers.
+/// The payment service: consumes `payment.commands` in batches per partition, at most
+/// `payment.workers` commands (and so provider calls) in progress at once.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
@@ -26,13 +29,14 @@ pub fn service(
         pool, provider, &config, writers,
     ));
     let workers = config.payment.workers;
-    keyed_service(
+    let batch_max = config.database.batch_max;
+    batch_service(
         config,
         producer,
         "payment",
         vec![topics::PAYMENT_COMMANDS],
-        workers,
-        handler,
+        batch_max,
+        Arc::new(PerCommand::new(handler, workers)),
         instance,
     )
 }

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 
 use super::DbError;
-use super::group::{SetSender, set_loop};
+use super::group::{SetLimits, SetSender, set_loop};
 
 /// What one statement answers for a set of requests.
 pub trait SetQuery: Send + Sync + 'static {
@@ -56,7 +56,11 @@ impl<Q: SetQuery> Batched<Q> {
             let (query, pool) = (query.clone(), pool.clone());
             Box::pin(async move { query.run(&pool, &items).await })
         };
-        tokio::spawn(set_loop(name, rx, set_max, fits, run));
+        let limits = SetLimits {
+            set_max,
+            in_flight: 1,
+        };
+        tokio::spawn(set_loop(name, rx, limits, fits, run));
         Batched { set }
     }
 

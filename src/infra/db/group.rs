@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use sqlx::PgConnection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -90,11 +92,29 @@ impl<W: GroupWork> Clone for Grouped<W> {
 }
 
 impl<W: GroupWork> Grouped<W> {
-    /// Starts the group task on `writer`; it ends when the last clone is dropped.
+    /// Starts the group task on `writer`; it ends when the last clone is dropped. One group
+    /// is written at a time: the next forms while it is written.
     pub fn start(name: &'static str, writer: Writer, work: W, group_max: usize) -> Self {
+        Self::start_parallel(name, writer, work, group_max, 1)
+    }
+
+    /// Like [`Grouped::start`], with up to `in_flight` groups written at once (each in a
+    /// transaction of its own, on the writer's tasks), for items that do not depend on each
+    /// other's order: a new group starts as soon as fewer than `in_flight` are in progress.
+    pub fn start_parallel(
+        name: &'static str,
+        writer: Writer,
+        work: W,
+        group_max: usize,
+        in_flight: usize,
+    ) -> Self {
         let group_max = group_max.max(1);
         let (set, rx) = SetSender::open(name, group_max);
-        tokio::spawn(group_loop(name, writer, Arc::new(work), rx, group_max));
+        let limits = SetLimits {
+            set_max: group_max,
+            in_flight: in_flight.max(1),
+        };
+        tokio::spawn(group_loop(name, writer, Arc::new(work), rx, limits));
         Grouped { set }
     }
 
@@ -109,40 +129,43 @@ async fn group_loop<W: GroupWork>(
     writer: Writer,
     work: Arc<W>,
     rx: mpsc::Receiver<Request<W::Item, W::Output>>,
-    group_max: usize,
+    limits: SetLimits,
 ) {
     let fits = {
         let work = work.clone();
         move |items: &[W::Item], item: &W::Item| work.fits(items, item)
     };
-    set_loop(
-        name,
-        rx,
-        group_max,
-        fits,
-        move |items: Arc<Vec<W::Item>>| {
-            let single = work.single_statement(&items);
-            let job = (work.clone(), items);
-            let writer = writer.clone();
-            Box::pin(async move {
-                writer
-                    .run_with(single, move |conn| {
-                        let (work, items) = job.clone();
-                        Box::pin(async move { work.write(conn, &items).await })
-                    })
-                    .await
-            })
-        },
-    )
+    set_loop(name, rx, limits, fits, move |items: Arc<Vec<W::Item>>| {
+        let single = work.single_statement(&items);
+        let job = (work.clone(), items);
+        let writer = writer.clone();
+        Box::pin(async move {
+            writer
+                .run_with(single, move |conn| {
+                    let (work, items) = job.clone();
+                    Box::pin(async move { work.write(conn, &items).await })
+                })
+                .await
+        })
+    })
     .await
+}
+
+/// How large sets grow and how many run at once.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SetLimits {
+    pub set_max: usize,
+    pub in_flight: usize,
 }
 
 /// The loop every set-based helper shares: takes the requests that waited while the previous
 /// set ran (up to `set_max`, while they `fit`), runs them with one `run`, and answers each.
+/// Up to `in_flight` sets run at once; a request that finds all of them busy waits for the
+/// next set.
 pub(super) async fn set_loop<I, O, F, R>(
     name: &'static str,
     mut rx: mpsc::Receiver<Request<I, O>>,
-    set_max: usize,
+    limits: SetLimits,
     fits: F,
     run: R,
 ) where
@@ -152,16 +175,23 @@ pub(super) async fn set_loop<I, O, F, R>(
     R: Fn(Arc<Vec<I>>) -> BoxFuture<'static, Result<Vec<O>, DbError>>,
 {
     let mut carried: Option<Request<I, O>> = None;
+    let mut running = FuturesUnordered::new();
     loop {
+        while running.len() >= limits.in_flight {
+            running.next().await;
+        }
         let first = match carried.take() {
             Some(r) => r,
-            None => match rx.recv().await {
-                Some(r) => r,
-                None => return,
+            None => tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                Some(()) = running.next(), if !running.is_empty() => continue,
             },
         };
         let (mut items, mut answers) = (vec![first.0], vec![first.1]);
-        while items.len() < set_max {
+        while items.len() < limits.set_max {
             match rx.try_recv() {
                 Ok((item, answer)) if fits(&items, &item) => {
                     items.push(item);
@@ -176,24 +206,31 @@ pub(super) async fn set_loop<I, O, F, R>(
         }
         metrics::histogram!(crate::metrics::GROUP_ITEMS, "group" => name)
             .record(items.len() as f64);
-        match run(Arc::new(items)).await {
-            Ok(outputs) if outputs.len() == answers.len() => {
-                for (answer, output) in answers.into_iter().zip(outputs) {
-                    let _ = answer.send(Ok(output));
-                }
+        let ran = run(Arc::new(items));
+        running.push(async move { answer_all(ran.await, answers) });
+    }
+    while running.next().await.is_some() {}
+}
+
+/// Answers each request of a set with its output, or all of them with the set's error.
+fn answer_all<O>(ran: Result<Vec<O>, DbError>, answers: Vec<oneshot::Sender<Result<O, DbError>>>) {
+    match ran {
+        Ok(outputs) if outputs.len() == answers.len() => {
+            for (answer, output) in answers.into_iter().zip(outputs) {
+                let _ = answer.send(Ok(output));
             }
-            Ok(outputs) => {
-                let text = format!("{} outputs for {} items", outputs.len(), answers.len());
-                for answer in answers {
-                    let _ = answer.send(Err(DbError::Corrupt(text.clone())));
-                }
+        }
+        Ok(outputs) => {
+            let text = format!("{} outputs for {} items", outputs.len(), answers.len());
+            for answer in answers {
+                let _ = answer.send(Err(DbError::Corrupt(text.clone())));
             }
-            Err(e) => {
-                // Every item of the set is retried by its caller (a partition bridge).
-                let text = e.to_string();
-                for answer in answers {
-                    let _ = answer.send(Err(DbError::BatchFailed(text.clone())));
-                }
+        }
+        Err(e) => {
+            // Every item of the set is retried by its caller (a partition bridge).
+            let text = e.to_string();
+            for answer in answers {
+                let _ = answer.send(Err(DbError::BatchFailed(text.clone())));
             }
         }
     }

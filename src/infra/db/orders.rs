@@ -93,10 +93,18 @@ pub struct Intakes {
 }
 
 impl Intakes {
-    /// Starts the group task on `writer`; it ends when the last clone is dropped.
-    pub fn start(writer: Writer, group_max: usize) -> Self {
+    /// Starts the group task on `writer`, with up to `in_flight` sets written at once (the
+    /// writer's tasks: intakes are independent of each other); it ends when the last clone is
+    /// dropped.
+    pub fn start(writer: Writer, group_max: usize, in_flight: usize) -> Self {
         Intakes {
-            group: Grouped::start("order intakes", writer, IntakeWork, group_max),
+            group: Grouped::start_parallel(
+                "order intakes",
+                writer,
+                IntakeWork,
+                group_max,
+                in_flight,
+            ),
         }
     }
 
