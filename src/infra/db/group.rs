@@ -235,3 +235,53 @@ fn answer_all<O>(ran: Result<Vec<O>, DbError>, answers: Vec<oneshot::Sender<Resu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn sets_run_up_to_in_flight_at_once_and_every_request_gets_its_output() {
+        let (set, rx) = SetSender::<u32, u32>::open("test", 4);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (r, m, s) = (running.clone(), most.clone(), sizes.clone());
+        let limits = SetLimits {
+            set_max: 4,
+            in_flight: 2,
+        };
+        let run = move |items: Arc<Vec<u32>>| {
+            let (r, m, s) = (r.clone(), m.clone(), s.clone());
+            Box::pin(async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(items.len());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(items.iter().map(|i| i * 10).collect())
+            }) as BoxFuture<'static, Result<Vec<u32>, DbError>>
+        };
+        tokio::spawn(set_loop("test", rx, limits, |_: &[u32], _: &u32| true, run));
+        // A current-thread runtime: all 20 requests queue before the loop takes the first.
+        let answers = futures::future::join_all((0..20_u32).map(|i| {
+            let set = set.clone();
+            async move { set.submit(i).await }
+        }))
+        .await;
+        for (i, answer) in (0_u32..).zip(answers) {
+            assert_eq!(answer.ok(), Some(i * 10), "request {i}");
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "two sets at once, never more"
+        );
+        let sizes = sizes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(sizes, vec![4; 5]);
+    }
+}
