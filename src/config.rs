@@ -448,8 +448,8 @@ pub struct SagaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InventoryConfig {
-    /// Inventory commands in progress at once in a process (a partition's batch runs its
-    /// orders concurrently; one order's commands one after another).
+    /// The most inventory commands in one partition's batch (all of a batch run at once; one
+    /// order's commands one after another), so at most partitions × this in progress.
     pub workers: usize,
     /// How long a reservation holds stock before the sweeper releases it.
     pub reservation_ttl_secs: u64,
@@ -537,8 +537,8 @@ impl Default for FilesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PaymentConfig {
-    /// Payment commands (and so provider calls) in progress at once in a process (a slow card
-    /// network holds one each).
+    /// The most payment commands (and so provider calls) in one partition's batch, so at most
+    /// partitions × this in progress.
     pub workers: usize,
     /// How long one provider call may take before it is retried.
     pub provider_timeout_ms: u64,
@@ -697,7 +697,7 @@ impl Default for SagaConfig {
 impl Default for InventoryConfig {
     fn default() -> Self {
         Self {
-            workers: 64,
+            workers: 128,
             reservation_ttl_secs: 900,
             expiry_interval_ms: 5_000,
         }

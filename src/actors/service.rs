@@ -1,6 +1,6 @@
 //! A service supervisor (one per service: order, inventory, payment, …). It owns the service's
 //! Kafka consumer, one partition bridge per partition it is assigned, and (as supervisor) the
-//! keyed actors its router starts — order sagas, inventory workers, …
+//! actors its router starts (the order sagas; the other services route to batcher tasks).
 //!
 //! Restart strategy: a failed keyed actor is restarted on its next record (its bridge retries
 //! the record) and reloads what it needs from PostgreSQL. A bridge that dies takes its in-flight

@@ -1,6 +1,8 @@
 //! Command handlers in batches: a service whose logic is per command (inventory, payment) gets
-//! each partition's batch (see [`crate::actors::batch`]) and handles its commands concurrently,
-//! at most `workers` at once per process. The commands of one key (an order) run one after
+//! each partition's batch (see [`crate::actors::batch`], at most `workers` commands per batch)
+//! and handles its commands concurrently. Nothing in a batch waits for a permit, so the
+//! bridge's handler timeout (which runs from the batch's start) measures the work, never a
+//! backlog: the batches are the bound. The commands of one key (an order) run one after
 //! another in offset order, so an order's `ReserveStock` is decided before its `ReleaseStock`
 //! and its `AuthorizePayment` before its `RefundPayment`. Commands that run at once share their
 //! writes: each repository submits to a set (`infra::db::group`), so a batch's decisions are
@@ -10,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
 
 use crate::actors::batch::{BatchHandler, Message};
 use crate::actors::bridge::{HandleError, HandleResult};
@@ -25,28 +26,17 @@ pub trait CommandHandler: Send + Sync + 'static {
 }
 
 /// A [`BatchHandler`] that runs a [`CommandHandler`] on every message of a batch: different
-/// keys concurrently (bounded by a semaphore shared by all partitions of the process), one key's
-/// messages in their order.
+/// keys concurrently, one key's messages in their order.
 pub struct PerCommand {
     handler: Arc<dyn CommandHandler>,
-    permits: Arc<Semaphore>,
 }
 
 impl PerCommand {
-    /// At most `workers` commands of this service in progress at once in this process.
-    pub fn new(handler: Arc<dyn CommandHandler>, workers: usize) -> Self {
-        PerCommand {
-            handler,
-            permits: Arc::new(Semaphore::new(workers.max(1))),
-        }
+    pub fn new(handler: Arc<dyn CommandHandler>) -> Self {
+        PerCommand { handler }
     }
 
     async fn one(&self, message: &Message) -> HandleResult {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HandleError::Transient("the service is stopping".into()))?;
         self.handler
             .handle(&message.envelope, message.traceparent.as_deref())
             .await
@@ -162,7 +152,7 @@ mod tests {
             first_of: Mutex::new(vec![]),
             fail: batch[1].envelope.id,
         });
-        let handler = PerCommand::new(probe.clone(), 8);
+        let handler = PerCommand::new(probe.clone());
         let results = handler.handle_batch(&batch).await;
         assert_eq!(results[0], Ok(Handled::Applied));
         assert!(results[1].is_err(), "the failing command fails");
@@ -177,34 +167,5 @@ mod tests {
         // a's and b's first commands ran together; a's second only after a's first ended.
         assert!(at(ids[1], "start") < at(ids[0], "end"));
         assert!(at(ids[0], "end") < at(ids[2], "start"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn at_most_workers_commands_run_at_once() {
-        struct Counting {
-            now: Mutex<(usize, usize)>,
-        }
-        #[async_trait]
-        impl CommandHandler for Counting {
-            async fn handle(&self, _: &Envelope, _: Option<&str>) -> HandleResult {
-                {
-                    let mut n = self.now.lock().unwrap_or_else(|e| e.into_inner());
-                    n.0 += 1;
-                    n.1 = n.1.max(n.0);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                self.now.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
-                Ok(Handled::Applied)
-            }
-        }
-        let counting = Arc::new(Counting {
-            now: Mutex::new((0, 0)),
-        });
-        let handler = PerCommand::new(counting.clone(), 3);
-        let batch: Vec<Message> = (0..10).map(|_| message(OrderId::new())).collect();
-        let results = handler.handle_batch(&batch).await;
-        assert!(results.iter().all(Result::is_ok));
-        let most = counting.now.lock().unwrap_or_else(|e| e.into_inner()).1;
-        assert_eq!(most, 3);
     }
 }

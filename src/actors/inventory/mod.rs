@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::db::writer::Writers;
 
-/// The inventory service: consumes `inventory.commands` in batches per partition, at most
-/// `inventory.workers` commands in progress at once.
+/// The inventory service: consumes `inventory.commands` in batches of at most
+/// `inventory.workers` commands per partition.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
@@ -24,14 +24,15 @@ pub fn service(
 ) -> ServiceArgs {
     let handler = Arc::new(handler::InventoryHandler::new(&config, writers));
     let workers = config.inventory.workers;
-    let batch_max = config.database.batch_max;
+    // A partition's batch holds at most `workers` commands, all started at once.
+    let batch_max = config.database.batch_max.min(workers);
     batch_service(
         config,
         producer,
         "inventory",
         vec![topics::INVENTORY_COMMANDS],
         batch_max,
-        Arc::new(PerCommand::new(handler, workers)),
+        Arc::new(PerCommand::new(handler)),
         instance,
     )
 }

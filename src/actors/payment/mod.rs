@@ -15,8 +15,8 @@ use crate::domain::envelope::topics;
 use crate::infra::db::writer::Writers;
 use crate::infra::payment_provider::PaymentProvider;
 
-/// The payment service: consumes `payment.commands` in batches per partition, at most
-/// `payment.workers` commands (and so provider calls) in progress at once.
+/// The payment service: consumes `payment.commands` in batches of at most `payment.workers`
+/// commands (and so provider calls) per partition.
 pub fn service(
     config: Arc<Config>,
     producer: rdkafka::producer::FutureProducer,
@@ -29,14 +29,15 @@ pub fn service(
         pool, provider, &config, writers,
     ));
     let workers = config.payment.workers;
-    let batch_max = config.database.batch_max;
+    // A partition's batch holds at most `workers` commands, all started at once.
+    let batch_max = config.database.batch_max.min(workers);
     batch_service(
         config,
         producer,
         "payment",
         vec![topics::PAYMENT_COMMANDS],
         batch_max,
-        Arc::new(PerCommand::new(handler, workers)),
+        Arc::new(PerCommand::new(handler)),
         instance,
     )
 }
