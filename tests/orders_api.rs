@@ -515,13 +515,7 @@ async fn orders_placed_together_are_stored_as_one_set_each_whole() {
                     .unwrap_or_else(|e| panic!("{e}"));
             let order = request.validate().unwrap_or_else(|e| panic!("{e}"));
             let id = OrderId::new();
-            let placed = OrderPlaced {
-                customer_id: order.customer_id.clone(),
-                currency: order.currency,
-                lines: order.lines.clone(),
-                card_token: Some(order.card_token.clone()),
-                email: order.email.clone(),
-            };
+            let placed = OrderPlaced::of(&order);
             let envelope = Envelope::new(id, &placed, now);
             let first = saga::first_step(id, &placed, &env.config.saga, now);
             // Every fifth order carries an idempotency key.

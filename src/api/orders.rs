@@ -145,13 +145,7 @@ pub(crate) async fn place_order(
         return Err(reject(ApiError::Overloaded(full.open)));
     }
     let now = Utc::now();
-    let placed = OrderPlaced {
-        customer_id: order.customer_id.clone(),
-        currency: order.currency,
-        lines: order.lines.clone(),
-        card_token: Some(order.card_token.clone()),
-        email: order.email.clone(),
-    };
+    let placed = OrderPlaced::of(&order);
     let envelope = Envelope::new(id, &placed, now);
     // The saga's first step (RESERVING, `ReserveStock`) commits with the order: one hop less.
     let first = saga::first_step(id, &placed, &ctx.config.saga, now);

@@ -146,6 +146,19 @@ pub struct OrderPlaced {
     pub email: Option<String>,
 }
 
+impl OrderPlaced {
+    /// The announcement of a validated new order.
+    pub fn of(order: &crate::domain::order::NewOrder) -> Self {
+        OrderPlaced {
+            customer_id: order.customer_id.clone(),
+            currency: order.currency,
+            lines: order.lines.clone(),
+            card_token: Some(order.card_token.clone()),
+            email: order.email.clone(),
+        }
+    }
+}
+
 impl Payload for OrderPlaced {
     const TYPE: &'static str = "OrderPlaced";
     const VERSION: u16 = 1;
