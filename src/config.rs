@@ -128,6 +128,9 @@ pub struct CacheConfig {
     /// (changes made by other processes or by hand) it looks this often.
     pub drain_poll_ms: u64,
     /// The least time between two drains, so one drain takes what several commits wrote.
+    /// Under load every commit changes stock or an order's status: at 5 ms the drain (four
+    /// round trips) ran ~130 times a second at 1,000 orders/s; at 50 ms at most 20, and a
+    /// cached entry outlives its change by at most that long.
     pub drain_gap_ms: u64,
 }
 
@@ -139,7 +142,7 @@ impl Default for CacheConfig {
             key_prefix: "orderflow:cache:".into(),
             timeout_ms: 50,
             drain_poll_ms: 250,
-            drain_gap_ms: 5,
+            drain_gap_ms: 50,
         }
     }
 }
@@ -986,6 +989,7 @@ impl Config {
             "ORDERFLOW_CACHE_DRAIN_POLL_MS",
             &mut self.cache.drain_poll_ms,
         )?;
+        env.parse("ORDERFLOW_CACHE_DRAIN_GAP_MS", &mut self.cache.drain_gap_ms)?;
         env.parse(
             "ORDERFLOW_IDEMPOTENCY_TTL_SECS",
             &mut self.idempotency.ttl_secs,
