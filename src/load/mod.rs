@@ -234,8 +234,11 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
     let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
     let total = (opts.duration.as_secs_f64() * f64::from(opts.rate)).round() as u64;
     let started = Instant::now();
-    let mut requests = Vec::with_capacity(total as usize);
+    // Finished requests are reaped as the run goes: a task's memory lives until it is joined,
+    // and 40,000 kept handles held ~200 MiB of this process's RSS at 2,000/s.
+    let mut requests = tokio::task::JoinSet::new();
     for i in 0..total {
+        while requests.try_join_next().is_some() {}
         let due = started + period.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
         let (http, base, accepted, post_hist, errors) = (
@@ -253,7 +256,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
             "currency": "EUR",
             "lines": [{"sku": format!("LOAD-{:04}", i % u64::from(opts.skus.max(1))), "quantity": 1}],
         });
-        requests.push(tokio::spawn(async move {
+        requests.spawn(async move {
             let result = http
                 .post(format!("{base}/v1/orders"))
                 .json(&body)
@@ -279,11 +282,9 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
                 }
                 Err(_) => *lock(&errors).entry("connect".into()).or_default() += 1,
             }
-        }));
+        });
     }
-    for r in requests {
-        let _ = r.await;
-    }
+    while requests.join_next().await.is_some() {}
     let sending = started.elapsed();
     let window_end =
         measure::Snapshot::take(in_process, pool.as_ref(), scrape(&http, &base).await).await;
