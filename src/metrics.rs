@@ -81,9 +81,31 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder is installed; then ours simply stays unused.
             drop(metrics::set_global_recorder(recorder));
             describe();
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often histogram observations are folded into their buckets without a scrape.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram observation (8 bytes each, dozens per order) until
+/// something folds it into the buckets: a scrape of `/metrics` does, and so does this thread,
+/// every [`UPKEEP_EVERY`] — what the builder's own `install` runs, and what kept a process that
+/// nobody scrapes from growing without bound.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep; histograms are folded only by scrapes");
+    }
 }
 
 fn describe() {
