@@ -92,8 +92,8 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The recorder keeps every histogram observation (8 bytes each, dozens per order) until
 /// something folds it into the buckets: a scrape of `/metrics` does, and so does this thread,
-/// every [`UPKEEP_EVERY`] — what the builder's own `install` runs, and what kept a process that
-/// nobody scrapes from growing without bound.
+/// every [`UPKEEP_EVERY`], as the builder's own `install` does, so a process that nobody
+/// scrapes does not grow without bound.
 fn spawn_upkeep(handle: PrometheusHandle) {
     let started = std::thread::Builder::new()
         .name("metrics-upkeep".into())
