@@ -53,6 +53,8 @@ pub struct SagaActorState {
     /// write whose outcome is unknown.
     loaded: Option<(SagaState, Option<i32>)>,
     last_activity: Instant,
+    /// The task that sends [`SagaMsg::IdleCheck`]; aborted when the saga stops.
+    idle_check: tokio::task::JoinHandle<()>,
 }
 
 pub struct OrderSaga;
@@ -69,22 +71,27 @@ impl Actor for OrderSaga {
     ) -> Result<Self::State, ActorProcessingErr> {
         metrics::gauge!(m::SAGA_ACTIVE).increment(1.0);
         let idle = Duration::from_millis(args.config.idle_timeout_ms);
-        myself.send_interval((idle / 2).max(Duration::from_millis(10)), || {
+        let idle_check = myself.send_interval((idle / 2).max(Duration::from_millis(10)), || {
             SagaMsg::IdleCheck
         });
         Ok(SagaActorState {
             args,
             loaded: None,
             last_activity: Instant::now(),
+            idle_check,
         })
     }
 
     async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         metrics::gauge!(m::SAGA_ACTIVE).decrement(1.0);
+        // The interval task holds the actor's cell (its mailboxes) until its next tick, up to
+        // half the idle timeout after the stop: at 1,500 orders/s that kept ~20,000 stopped
+        // sagas' memory alive.
+        state.idle_check.abort();
         Ok(())
     }
 
