@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::actors::batch::{BatchHandler, Message};
+use crate::actors::batch::{BatchHandler, Message, batch_service};
 use crate::actors::bridge::{HandleError, HandleResult};
+use crate::actors::service::ServiceArgs;
+use crate::config::Config;
 use crate::domain::envelope::Envelope;
 
 /// What a service does with one message. Business outcomes (a rejection, a decline) are
@@ -23,6 +25,30 @@ use crate::domain::envelope::Envelope;
 #[async_trait]
 pub trait CommandHandler: Send + Sync + 'static {
     async fn handle(&self, envelope: &Envelope, traceparent: Option<&str>) -> HandleResult;
+}
+
+/// The arguments of a service whose logic is per command (inventory, payment): it consumes
+/// `topic` in batches of at most `workers` commands per partition (never more than
+/// `database.batch_max`), all started at once, run by [`PerCommand`].
+pub fn command_service(
+    config: Arc<Config>,
+    producer: rdkafka::producer::FutureProducer,
+    name: &'static str,
+    topic: &'static str,
+    workers: usize,
+    handler: Arc<dyn CommandHandler>,
+    instance: String,
+) -> ServiceArgs {
+    let batch_max = config.database.batch_max.min(workers);
+    batch_service(
+        config,
+        producer,
+        name,
+        vec![topic],
+        batch_max,
+        Arc::new(PerCommand::new(handler)),
+        instance,
+    )
 }
 
 /// A [`BatchHandler`] that runs a [`CommandHandler`] on every message of a batch: different

@@ -7,9 +7,8 @@ pub mod handler;
 
 use std::sync::Arc;
 
-use crate::actors::batch::batch_service;
 use crate::actors::service::ServiceArgs;
-use crate::actors::worker::PerCommand;
+use crate::actors::worker::command_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::db::writer::Writers;
@@ -24,15 +23,13 @@ pub fn service(
 ) -> ServiceArgs {
     let handler = Arc::new(handler::InventoryHandler::new(&config, writers));
     let workers = config.inventory.workers;
-    // A partition's batch holds at most `workers` commands, all started at once.
-    let batch_max = config.database.batch_max.min(workers);
-    batch_service(
+    command_service(
         config,
         producer,
         "inventory",
-        vec![topics::INVENTORY_COMMANDS],
-        batch_max,
-        Arc::new(PerCommand::new(handler)),
+        topics::INVENTORY_COMMANDS,
+        workers,
+        handler,
         instance,
     )
 }

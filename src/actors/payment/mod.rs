@@ -7,9 +7,8 @@ pub mod handler;
 use sqlx::PgPool;
 use std::sync::Arc;
 
-use crate::actors::batch::batch_service;
 use crate::actors::service::ServiceArgs;
-use crate::actors::worker::PerCommand;
+use crate::actors::worker::command_service;
 use crate::config::Config;
 use crate::domain::envelope::topics;
 use crate::infra::db::writer::Writers;
@@ -29,15 +28,13 @@ pub fn service(
         pool, provider, &config, writers,
     ));
     let workers = config.payment.workers;
-    // A partition's batch holds at most `workers` commands, all started at once.
-    let batch_max = config.database.batch_max.min(workers);
-    batch_service(
+    command_service(
         config,
         producer,
         "payment",
-        vec![topics::PAYMENT_COMMANDS],
-        batch_max,
-        Arc::new(PerCommand::new(handler)),
+        topics::PAYMENT_COMMANDS,
+        workers,
+        handler,
         instance,
     )
 }
