@@ -26,6 +26,7 @@ pub const WRITER_SPLITS: &str = "orderflow_writer_batch_splits_total";
 pub const GROUP_ITEMS: &str = "orderflow_db_group_items";
 pub const CONSUMER_BATCH_RECORDS: &str = "orderflow_consumer_batch_records";
 pub const HANDLER_BATCH_RECORDS: &str = "orderflow_handler_batch_records";
+pub const CONSUMER_RECORD_AGE: &str = "orderflow_consumer_record_age_seconds";
 pub const CIRCUIT_STATE: &str = "orderflow_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "orderflow_circuit_transitions_total";
 pub const AUTH_FAILURES: &str = "orderflow_auth_failures_total";
@@ -153,6 +154,10 @@ fn describe() {
     describe_histogram!(
         CONSUMER_BATCH_RECORDS,
         "Records a service's consumer took from Kafka in one batch (what one poll had fetched), by service"
+    );
+    describe_histogram!(
+        CONSUMER_RECORD_AGE,
+        "Age of a record when its service's consumer received it (its producer's timestamp to now: producer batching, the broker, fetch waits), by service"
     );
     describe_histogram!(
         HANDLER_BATCH_RECORDS,

@@ -346,7 +346,10 @@ async fn consume(
             _ = stop.changed() => break,
             first = consumer.recv() => {
                 let first = match first {
-                    Ok(m) => to_record(&m),
+                    Ok(m) => {
+                        record_age(&m, name);
+                        to_record(&m)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -357,7 +360,10 @@ async fn consume(
                 // Take whatever else is already fetched, without waiting.
                 while batch.len() < MAX_BATCH {
                     match consumer.recv().now_or_never() {
-                        Some(Ok(m)) => batch.push(to_record(&m)),
+                        Some(Ok(m)) => {
+                            record_age(&m, name);
+                            batch.push(to_record(&m));
+                        }
                         _ => break,
                     }
                 }
@@ -365,6 +371,18 @@ async fn consume(
                     .record(batch.len() as f64);
                 if service.cast(ServiceMsg::Batch(batch)).is_err() { break; }
             }
+        }
+    }
+}
+
+/// Records how old `m` is on arrival: from its producer's timestamp (taken when the record was
+/// handed to the producer, after its transaction committed) to now.
+fn record_age(m: &rdkafka::message::BorrowedMessage<'_>, name: &'static str) {
+    if let Some(produced) = m.timestamp().to_millis() {
+        let age_ms = chrono::Utc::now().timestamp_millis() - produced;
+        if age_ms >= 0 {
+            metrics::histogram!(m::CONSUMER_RECORD_AGE, "service" => name)
+                .record(age_ms as f64 / 1_000.0);
         }
     }
 }

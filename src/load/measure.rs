@@ -146,6 +146,13 @@ const BATCH_HISTOGRAMS: [(&str, &str, &str); 4] = [
     (crate::metrics::GROUP_ITEMS, "group", "group"),
 ];
 
+/// The histograms of seconds whose mean is a stage's time, and the label that names the stage.
+const STAGE_HISTOGRAMS: [(&str, &str, &str); 3] = [
+    (crate::metrics::CONSUMER_RECORD_AGE, "service", "delivery"),
+    (crate::metrics::WRITER_BATCH_SECONDS, "schema", "writer"),
+    (crate::metrics::OUTBOX_BATCH_SECONDS, "schema", "relay"),
+];
+
 impl MetricsSnapshot {
     pub fn parse(text: &str) -> Self {
         let values = text
@@ -181,8 +188,24 @@ impl MetricsSnapshot {
     /// Mean batch size per stage since `earlier` (`consumer:<service>`, `writer:<schema>`,
     /// `group:<group>`), for stages that ran in between.
     pub fn batch_means_since(&self, earlier: &MetricsSnapshot) -> BTreeMap<String, f64> {
+        self.means_since(earlier, &BATCH_HISTOGRAMS, 1.0)
+    }
+
+    /// Mean milliseconds per stage since `earlier`: a record's age when its service's consumer
+    /// received it (`delivery:<service>`), a writer transaction (`writer:<schema>`), a relay
+    /// batch (`relay:<schema>`).
+    pub fn stage_ms_since(&self, earlier: &MetricsSnapshot) -> BTreeMap<String, f64> {
+        self.means_since(earlier, &STAGE_HISTOGRAMS, 1_000.0)
+    }
+
+    fn means_since(
+        &self,
+        earlier: &MetricsSnapshot,
+        histograms: &[(&str, &str, &str)],
+        scale: f64,
+    ) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
-        for (name, label, stage) in BATCH_HISTOGRAMS {
+        for &(name, label, stage) in histograms {
             let count_prefix = format!("{name}_count{{");
             for (series, count) in &self.0 {
                 let Some(labels) = series.strip_prefix(&count_prefix) else {
@@ -196,7 +219,7 @@ impl MetricsSnapshot {
                 let sum = self.0.get(&sum_series).copied().unwrap_or(0.0)
                     - earlier.0.get(&sum_series).copied().unwrap_or(0.0);
                 if count > 0.0 {
-                    out.insert(format!("{stage}:{value}"), round3(sum / count));
+                    out.insert(format!("{stage}:{value}"), round3(scale * sum / count));
                 }
             }
         }
@@ -227,6 +250,8 @@ pub struct Costs {
     pub kafka_messages_per_order: Option<f64>,
     /// Mean batch size per stage over the window.
     pub batch_mean: BTreeMap<String, f64>,
+    /// Mean milliseconds per stage over the window (see [`MetricsSnapshot::stage_ms_since`]).
+    pub stage_mean_ms: BTreeMap<String, f64>,
 }
 
 /// The snapshots taken at one instant.
@@ -256,9 +281,13 @@ impl Snapshot {
     /// The costs between `self` (the window's start) and `end`, per order of `completed`.
     pub fn costs_until(&self, end: &Snapshot, completed: u64) -> Costs {
         let per = |v: f64| round3(v / completed.max(1) as f64);
-        let (messages, batch_mean) = match (&self.metrics, &end.metrics) {
-            (Some(a), Some(b)) => (Some(per(b.published_since(a))), b.batch_means_since(a)),
-            _ => (None, BTreeMap::new()),
+        let (messages, batch_mean, stage_mean_ms) = match (&self.metrics, &end.metrics) {
+            (Some(a), Some(b)) => (
+                Some(per(b.published_since(a))),
+                b.batch_means_since(a),
+                b.stage_ms_since(a),
+            ),
+            _ => (None, BTreeMap::new(), BTreeMap::new()),
         };
         Costs {
             cpu_ms_per_order: self.cpu.per_order(&end.cpu, completed),
@@ -268,6 +297,7 @@ impl Snapshot {
                 .map(|(a, b)| per((b - a) as f64)),
             kafka_messages_per_order: messages,
             batch_mean,
+            stage_mean_ms,
         }
     }
 }
@@ -320,6 +350,25 @@ mod tests {
         assert_eq!(means.get("consumer:payment"), Some(&4.0));
         assert_eq!(means.len(), 2);
         assert_eq!(after.published_since(&before), 27.0);
+    }
+
+    #[test]
+    fn stage_times_are_mean_milliseconds_of_the_deltas() {
+        let before = MetricsSnapshot::parse(
+            "orderflow_consumer_record_age_seconds_sum{service=\"order\"} 1\n\
+             orderflow_consumer_record_age_seconds_count{service=\"order\"} 100\n",
+        );
+        let after = MetricsSnapshot::parse(
+            "orderflow_consumer_record_age_seconds_sum{service=\"order\"} 3\n\
+             orderflow_consumer_record_age_seconds_count{service=\"order\"} 200\n\
+             orderflow_writer_batch_seconds_sum{schema=\"orders\"} 0.5\n\
+             orderflow_writer_batch_seconds_count{schema=\"orders\"} 100\n",
+        );
+        let stages = after.stage_ms_since(&before);
+        assert_eq!(stages.get("delivery:order"), Some(&20.0));
+        assert_eq!(stages.get("writer:orders"), Some(&5.0));
+        assert_eq!(stages.len(), 2);
+        assert!(after.batch_means_since(&before).is_empty());
     }
 
     #[test]

@@ -508,6 +508,11 @@ impl LoadReport {
             .iter()
             .map(|(k, v)| format!("{k} {v:.1}"))
             .collect();
+        let stages: Vec<String> = c
+            .stage_mean_ms
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
         let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
         format!(
             "profile {}: offered {} orders/s for {:.1} s: sent {}, accepted {} ({:.0}/s), \
@@ -518,6 +523,7 @@ impl LoadReport {
              CPU ms per order           {} (total {:.3})\n\
              per order                  SQL statements {}, Kafka messages {}\n\
              mean batch                 {}\n\
+             mean stage ms              {}\n\
              max RSS {:.1} MiB, fsync {} ({})",
             self.profile,
             self.offered_per_s,
@@ -544,6 +550,7 @@ impl LoadReport {
             opt(c.sql_statements_per_order),
             opt(c.kafka_messages_per_order),
             batches.join(", "),
+            stages.join(", "),
             self.rss_mib_max,
             self.fsync.as_deref().unwrap_or("unknown"),
             if self.in_process {
