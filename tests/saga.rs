@@ -276,7 +276,7 @@ async fn saga_steps_written_together_apply_conflict_or_repeat_each() {
         futures::future::join_all((0..3).map(|_| order(&app, &[("X", 1)], "tok_visa"))).await;
     let writers = support::writers(&env.pool);
     let steps = SagaSteps::start(writers.get(Schema::Orders).clone(), 16);
-    // The intake stored each saga at version 1 (RESERVING) with its OrderPlaced in the inbox.
+    // The intake stored each saga at version 1 (RESERVING) with its OrderPlaced journalled.
     let placed_id = |order: String| {
         let pool = env.pool.clone();
         async move {
@@ -303,7 +303,6 @@ async fn saga_steps_written_together_apply_conflict_or_repeat_each() {
     );
     let repeated = placed_id(ids[2].clone()).await;
     let step = |order: uuid::Uuid, message_id: uuid::Uuid, version: i32| SagaStep {
-        consumer: "order-saga",
         message_id,
         message_type: "StockRejected",
         order_id: order,

@@ -159,7 +159,6 @@ pub(crate) async fn place_order(
         })
         .collect();
     let start = repo::SagaStart {
-        consumer: saga::CONSUMER,
         state: &first.state,
         deadline: first.deadline,
         message_id: envelope.id,

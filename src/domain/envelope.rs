@@ -354,6 +354,10 @@ impl Payload for CommitStock {
     const VERSION: u16 = 1;
 }
 
+/// The answer to `CommitStock` that earlier versions published. Nothing publishes it now (the
+/// saga confirms the order as it sends `CommitStock` and waits for no answer, and no other
+/// service read it); the type stays so that such records still in `inventory.events` are
+/// recognised and skipped instead of dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockCommitted {}
 

@@ -1,6 +1,7 @@
 //! The order saga actor: one per in-flight order. It turns each message into a
-//! `domain::saga` event, applies the pure transition, and persists the new state with its inbox
-//! row, journal entry, outbox commands and deadline in one transaction. It rehydrates from
+//! `domain::saga` event, applies the pure transition, and persists the new state with its
+//! journal entry (which also deduplicates redeliveries), outbox commands and deadline in one
+//! transaction. It rehydrates from
 //! PostgreSQL when (re)started, stops at a terminal state, and passivates when idle — its
 //! deadline lives in the database, where the timer sweeper finds it. The first step (after
 //! `OrderPlaced`) is taken by the order intake in the order's transaction ([`first_step`]).
@@ -25,9 +26,6 @@ use crate::infra::db::batched::Batched;
 use crate::infra::db::messaging::OutboxMessage;
 use crate::infra::db::orders::{SagaLoads, SagaStep, SagaSteps, StepOutcome};
 use crate::metrics as m;
-
-/// The inbox consumer name of the order saga.
-pub const CONSUMER: &str = "order-saga";
 
 pub enum SagaMsg {
     Deliver {
@@ -273,7 +271,6 @@ impl SagaActorState {
             .and_then(crate::telemetry::TraceContext::parse)
             .map(|t| t.trace_id_hex());
         let step = SagaStep {
-            consumer: CONSUMER,
             message_id: envelope.id,
             message_type: &envelope.kind,
             order_id: self.args.order_id,

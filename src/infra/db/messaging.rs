@@ -1,4 +1,4 @@
-//! The messaging tables every service schema has: the outbox (messages committed with the state
+//! The messaging tables of the service schemas: the outbox (messages committed with the state
 //! change that caused them) and the inbox (message ids already handled). Each schema has its
 //! own static statements: sqlx takes only `&'static str` SQL, and a schema name is an
 //! identifier that cannot be a bound parameter.
@@ -165,27 +165,9 @@ pub fn trace_headers(traceparent: Option<&str>) -> serde_json::Value {
     serde_json::Value::Object(headers)
 }
 
-/// Records that `consumer` handles `message_id` inside `tx`. False means it was handled
-/// before: the caller must change nothing.
-pub async fn claim_inbox(
-    conn: &mut PgConnection,
-    schema: Schema,
-    consumer: &str,
-    message_id: Uuid,
-) -> Result<bool, DbError> {
-    Ok(sqlx::query(schema.claim_inbox_sql())
-        .bind(consumer)
-        .bind(message_id)
-        .execute(conn)
-        .await?
-        .rows_affected()
-        == 1)
-}
-
 /// The statements of one schema's messaging tables, built at compile time by `statements!`.
 struct Statements {
     insert_outbox: &'static str,
-    claim_inbox: &'static str,
     select_unpublished: &'static str,
     delete_published: &'static str,
     count_unpublished: &'static str,
@@ -200,12 +182,6 @@ macro_rules! statements {
                 ".outbox ",
                 "(message_id, topic, message_key, message_type, payload, headers) ",
                 "VALUES ($1, $2, $3, $4, $5, $6)"
-            ),
-            claim_inbox: concat!(
-                "INSERT INTO ",
-                $schema,
-                ".inbox (consumer, message_id) VALUES ($1, $2) ",
-                "ON CONFLICT DO NOTHING"
             ),
             select_unpublished: concat!(
                 "SELECT id, message_id, topic, message_key, message_type, payload, headers FROM ",
@@ -260,10 +236,6 @@ impl Schema {
         self.statements().insert_outbox
     }
 
-    fn claim_inbox_sql(&self) -> &'static str {
-        self.statements().claim_inbox
-    }
-
     pub(crate) fn select_sql(&self) -> &'static str {
         self.statements().select_unpublished
     }
@@ -288,7 +260,6 @@ mod tests {
             let s = schema.statements();
             for sql in [
                 s.insert_outbox,
-                s.claim_inbox,
                 s.select_unpublished,
                 s.delete_published,
                 s.count_unpublished,

@@ -1,5 +1,6 @@
 //! The order service's SQL: orders with their outbox rows, reads for the API, and the saga's
-//! state with its inbox and journal.
+//! state with its journal. The journal is also the saga's inbox: a message whose id is
+//! journalled for its order was applied before (a unique index on `(order_id, message_id)`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -50,11 +51,10 @@ pub struct OrderFilter {
     pub limit: u32,
 }
 
-/// The saga's first step, stored with its order: the saga's state and deadline, its inbox row
-/// and journal entry for the `OrderPlaced` message it answers (its commands travel in the
-/// intake's outbox messages).
+/// The saga's first step, stored with its order: the saga's state and deadline and its journal
+/// entry for the `OrderPlaced` message it answers (its commands travel in the intake's outbox
+/// messages).
 pub struct SagaStart<'a> {
-    pub consumer: &'a str,
     pub state: &'a SagaState,
     pub deadline: Option<DateTime<Utc>>,
     pub message_id: Uuid,
@@ -162,7 +162,6 @@ impl Intakes {
             now,
             skus: record.lines.iter().map(|l| l.sku.clone()).collect(),
             quantities,
-            saga_consumer: saga.consumer.to_owned(),
             saga_status: saga.state.status.as_str(),
             saga_data: serde_json::to_value(&saga.state.data)
                 .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?,
@@ -187,7 +186,6 @@ pub struct IntakeWrite {
     now: DateTime<Utc>,
     skus: Vec<String>,
     quantities: Vec<i32>,
-    saga_consumer: String,
     saga_status: &'static str,
     saga_data: serde_json::Value,
     saga_deadline: Option<DateTime<Utc>>,
@@ -207,7 +205,6 @@ struct IntakeColumns<'a> {
     trace_ids: Vec<&'a str>,
     card_tokens: Vec<&'a str>,
     times: Vec<DateTime<Utc>>,
-    saga_consumers: Vec<&'a str>,
     saga_statuses: Vec<&'a str>,
     saga_data: Vec<&'a serde_json::Value>,
     saga_deadlines: Vec<Option<DateTime<Utc>>>,
@@ -235,7 +232,6 @@ impl<'a> IntakeColumns<'a> {
             c.trace_ids.push(&w.trace_id);
             c.card_tokens.push(&w.card_token);
             c.times.push(w.now);
-            c.saga_consumers.push(&w.saga_consumer);
             c.saga_statuses.push(w.saga_status);
             c.saga_data.push(&w.saga_data);
             c.saga_deadlines.push(w.saga_deadline);
@@ -261,8 +257,8 @@ impl<'a> IntakeColumns<'a> {
     }
 }
 
-/// One statement for the whole group: the orders, their lines, the sagas' states, inbox rows
-/// and journal entries, and the outbox rows; then each idempotency key's stored response.
+/// One statement for the whole group: the orders, their lines, the sagas' states and journal
+/// entries, and the outbox rows; then each idempotency key's stored response.
 async fn insert_all(conn: &mut PgConnection, items: &[IntakeWrite]) -> Result<(), DbError> {
     let c = IntakeColumns::of(items);
     sqlx::query(
@@ -284,22 +280,17 @@ async fn insert_all(conn: &mut PgConnection, items: &[IntakeWrite]) -> Result<()
              FROM o JOIN UNNEST($1::uuid[], $11::text[], $12::jsonb[], $13::timestamptz[],
                                 $6::timestamptz[]) AS s(id, status, data, deadline, at)
                   ON s.id = o.id
-         ), claim AS (
-             INSERT INTO orders.inbox (consumer, message_id)
-             SELECT i.consumer, i.message_id
-             FROM o JOIN UNNEST($1::uuid[], $14::text[], $15::uuid[])
-                  AS i(id, consumer, message_id) ON i.id = o.id
          ), journal AS (
              INSERT INTO orders.saga_journal
                (order_id, message_id, message_type, from_status, to_status, trace_id)
              SELECT j.id, j.message_id, j.kind, 'NEW', j.status, j.trace
-             FROM o JOIN UNNEST($1::uuid[], $15::uuid[], $16::text[], $11::text[], $4::text[])
+             FROM o JOIN UNNEST($1::uuid[], $14::uuid[], $15::text[], $11::text[], $4::text[])
                   AS j(id, message_id, kind, status, trace) ON j.id = o.id
          )
          INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
          SELECT m.id, m.topic, m.key, m.kind, m.payload, m.headers
-         FROM o JOIN UNNEST($17::uuid[], $18::text[], $19::text[], $20::text[], $21::bytea[],
-                            $22::jsonb[]) WITH ORDINALITY
+         FROM o JOIN UNNEST($16::uuid[], $17::text[], $18::text[], $19::text[], $20::bytea[],
+                            $21::jsonb[]) WITH ORDINALITY
                      AS m(id, key, topic, kind, payload, headers, n)
               ON m.key = o.id::text
          ORDER BY m.n",
@@ -317,7 +308,6 @@ async fn insert_all(conn: &mut PgConnection, items: &[IntakeWrite]) -> Result<()
     .bind(&c.saga_statuses)
     .bind(&c.saga_data)
     .bind(&c.saga_deadlines)
-    .bind(&c.saga_consumers)
     .bind(&c.placed_ids)
     .bind(&c.placed_types)
     .bind(&c.outbox_ids)
@@ -482,7 +472,6 @@ pub async fn load_sagas(
 
 /// One saga transition as it is persisted.
 pub struct SagaStep<'a> {
-    pub consumer: &'a str,
     pub message_id: Uuid,
     pub message_type: &'a str,
     pub order_id: Uuid,
@@ -504,7 +493,7 @@ pub enum StepOutcome {
     Applied {
         version: i32,
     },
-    /// The inbox already had this message id: nothing was written.
+    /// The journal already has this message id for the order: nothing was written.
     Duplicate,
     /// The stored saga moved on since it was loaded: reload and try again.
     Conflict,
@@ -551,7 +540,7 @@ impl SagaSteps {
         }
     }
 
-    /// Writes the inbox row, the saga's new state, its journal entry, its outbox messages and
+    /// Writes the saga's new state, its journal entry (which deduplicates), its outbox messages and
     /// the order's status atomically, with the next group of steps. Every write depends on the
     /// state update, which happens only if the message is new and the stored version is the one
     /// the transition was computed from.
@@ -593,9 +582,9 @@ async fn record_steps(
         .collect()
 }
 
-/// One statement for the steps of stored sagas (at most one per saga): inbox check, versioned
-/// state update, and — for the steps that applied — inbox row, journal entry, outbox rows and
-/// the order's final status.
+/// One statement for the steps of stored sagas (at most one per saga): duplicate check against
+/// the journal, versioned state update, and — for the steps that applied — journal entry,
+/// outbox rows and the order's final status.
 async fn update_steps(
     conn: &mut PgConnection,
     steps: &[&SagaWrite],
@@ -606,7 +595,6 @@ async fn update_steps(
     let data: Vec<&serde_json::Value> = steps.iter().map(|w| &w.data).collect();
     let deadlines: Vec<Option<DateTime<Utc>>> = steps.iter().map(|w| w.deadline).collect();
     let expected: Vec<Option<i32>> = steps.iter().map(|w| w.expected_version).collect();
-    let consumers: Vec<&str> = steps.iter().map(|w| w.consumer.as_str()).collect();
     let message_ids: Vec<Uuid> = steps.iter().map(|w| w.message_id).collect();
     let message_types: Vec<&str> = steps.iter().map(|w| w.message_type.as_str()).collect();
     let froms: Vec<&str> = steps.iter().map(|w| w.from).collect();
@@ -628,14 +616,14 @@ async fn update_steps(
     let rows = sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[],
-                                  $5::int[], $6::text[], $7::uuid[], $8::text[], $9::text[],
-                                  $10::text[], $11::text[], $12::text[])
-               AS i(order_id, status, data, deadline, expected, consumer, message_id,
-                    message_type, from_status, trace_id, order_status, cancel_reason)
+                                  $5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[],
+                                  $10::text[], $11::text[])
+               AS i(order_id, status, data, deadline, expected, message_id, message_type,
+                    from_status, trace_id, order_status, cancel_reason)
          ), fresh AS (
              SELECT i.* FROM input i
-             WHERE NOT EXISTS (SELECT 1 FROM orders.inbox b
-                               WHERE b.consumer = i.consumer AND b.message_id = i.message_id)
+             WHERE NOT EXISTS (SELECT 1 FROM orders.saga_journal j
+                               WHERE j.order_id = i.order_id AND j.message_id = i.message_id)
          ), upd AS (
              UPDATE orders.saga_state s
              SET status = f.status, version = s.version + 1, data = f.data,
@@ -645,9 +633,6 @@ async fn update_steps(
              RETURNING s.order_id, s.version
          ), done AS (
              SELECT f.*, u.version AS new_version FROM fresh f JOIN upd u USING (order_id)
-         ), claim AS (
-             INSERT INTO orders.inbox (consumer, message_id)
-             SELECT consumer, message_id FROM done ON CONFLICT DO NOTHING
          ), journal AS (
              INSERT INTO orders.saga_journal
                (order_id, message_id, message_type, from_status, to_status, trace_id)
@@ -656,8 +641,8 @@ async fn update_steps(
              INSERT INTO orders.outbox
                (message_id, topic, message_key, message_type, payload, headers)
              SELECT m.id, m.topic, m.owner::text, m.kind, m.payload, m.headers
-             FROM UNNEST($13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::bytea[],
-                         $18::jsonb[]) WITH ORDINALITY AS m(owner, id, topic, kind, payload,
+             FROM UNNEST($12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::bytea[],
+                         $17::jsonb[]) WITH ORDINALITY AS m(owner, id, topic, kind, payload,
                                                             headers, n)
              WHERE m.owner IN (SELECT order_id FROM done)
              ORDER BY m.n
@@ -675,7 +660,6 @@ async fn update_steps(
     .bind(&data)
     .bind(&deadlines)
     .bind(&expected)
-    .bind(&consumers)
     .bind(&message_ids)
     .bind(&message_types)
     .bind(&froms)
@@ -720,7 +704,6 @@ pub struct SagaWrite {
     data: serde_json::Value,
     deadline: Option<DateTime<Utc>>,
     expected_version: Option<i32>,
-    consumer: String,
     message_id: Uuid,
     message_type: String,
     from: &'static str,
@@ -739,7 +722,6 @@ impl SagaWrite {
                 .map_err(|e| DbError::Corrupt(format!("saga data does not serialize: {e}")))?,
             deadline: step.deadline,
             expected_version: step.expected_version,
-            consumer: step.consumer.to_owned(),
             message_id: step.message_id,
             message_type: step.message_type.to_owned(),
             from: step.from.as_str(),
@@ -755,7 +737,8 @@ impl SagaWrite {
         let o = &self.outbox;
         let row = sqlx::query(
             "WITH fresh AS (
-                 SELECT NOT EXISTS (SELECT 1 FROM orders.inbox WHERE consumer = $6 AND message_id = $7) AS ok
+                 SELECT NOT EXISTS (SELECT 1 FROM orders.saga_journal
+                                    WHERE order_id = $1 AND message_id = $6) AS ok
              ), ins AS (
                  INSERT INTO orders.saga_state (order_id, status, version, data, deadline, updated_at)
                  SELECT $1, $2, 1, $3, $4, now() FROM fresh WHERE fresh.ok AND $5::int IS NULL
@@ -769,21 +752,18 @@ impl SagaWrite {
                  RETURNING version
              ), done AS (
                  SELECT version FROM ins UNION ALL SELECT version FROM upd
-             ), claim AS (
-                 INSERT INTO orders.inbox (consumer, message_id)
-                 SELECT $6, $7 FROM done ON CONFLICT DO NOTHING
              ), journal AS (
                  INSERT INTO orders.saga_journal
                    (order_id, message_id, message_type, from_status, to_status, trace_id)
-                 SELECT $1, $7, $8, $9, $2, $10 FROM done
+                 SELECT $1, $6, $7, $8, $2, $9 FROM done
              ), outbox AS (
                  INSERT INTO orders.outbox (message_id, topic, message_key, message_type, payload, headers)
                  SELECT m.id, m.topic, $1::text, m.kind, m.payload, m.headers
-                 FROM done, UNNEST($11::uuid[], $12::text[], $13::text[], $14::bytea[], $15::jsonb[])
+                 FROM done, UNNEST($10::uuid[], $11::text[], $12::text[], $13::bytea[], $14::jsonb[])
                       AS m(id, topic, kind, payload, headers)
              ), finished AS (
-                 UPDATE orders.orders SET status = $16, cancel_reason = $17, updated_at = now()
-                 WHERE id = $1 AND $16::text IS NOT NULL AND EXISTS (SELECT 1 FROM done)
+                 UPDATE orders.orders SET status = $15, cancel_reason = $16, updated_at = now()
+                 WHERE id = $1 AND $15::text IS NOT NULL AND EXISTS (SELECT 1 FROM done)
              )
              SELECT (SELECT version FROM done) AS version, (SELECT ok FROM fresh) AS fresh",
         )
@@ -792,7 +772,6 @@ impl SagaWrite {
         .bind(&self.data)
         .bind(self.deadline)
         .bind(self.expected_version)
-        .bind(&self.consumer)
         .bind(self.message_id)
         .bind(&self.message_type)
         .bind(self.from)

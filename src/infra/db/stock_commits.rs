@@ -1,13 +1,13 @@
 //! Stock commits, set-based: every `CommitStock` waiting when the previous group finished is
 //! applied together, with **one** statement for the whole group (claim the inbox rows, mark the
-//! reservations committed, take the stock per sku, reply) in one job of the inventory writer,
+//! reservations committed, take the stock per sku) in one job of the inventory writer,
 //! instead of one job per command. The inventory writer is a single task per process (see
 //! `writer.rs`), so its jobs per order decide the inventory's throughput.
 //!
 //! A group holds at most one command per order: a second one (a retry) waits for the next
 //! group and sees the first one's effect, exactly as it would one at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, Row};
@@ -16,14 +16,11 @@ use uuid::Uuid;
 use super::DbError;
 use super::group::{GroupWork, Grouped};
 use super::inventory::{CommandContext, CommandOutcome};
-use super::messaging::{note_outbox, reply_columns, reply_record};
 use super::writer::Writer;
-use crate::domain::envelope::{StockCommitted, topics};
 
-/// One command with its reply, encoded once (the job may run more than once).
+/// One command (the job may run more than once).
 struct Commit {
     ctx: CommandContext,
-    reply: (Uuid, String, Vec<u8>, serde_json::Value),
 }
 
 struct CommitWork;
@@ -64,16 +61,11 @@ impl StockCommits {
     }
 
     /// Turns the order's reservation into a sale (stock leaves `on_hand` and `reserved`
-    /// together) and replies `StockCommitted`. Nothing reserved (released, expired, committed
-    /// before): no change and no reply. A message id handled before changes nothing.
+    /// together). Nothing reserved (released, expired, committed before): no change. A message
+    /// id handled before changes nothing. Nothing is replied: the saga confirms the order when
+    /// it sends `CommitStock` and waits for no answer, and no other service needs one.
     pub async fn commit(&self, ctx: &CommandContext) -> Result<CommandOutcome, DbError> {
-        let reply = reply_columns(ctx.order_id, &StockCommitted {}, ctx.traceparent.as_deref());
-        self.group
-            .submit(Commit {
-                ctx: ctx.clone(),
-                reply,
-            })
-            .await
+        self.group.submit(Commit { ctx: ctx.clone() }).await
     }
 }
 
@@ -84,15 +76,10 @@ async fn commit_all(
     let consumers: Vec<&str> = items.iter().map(|c| c.ctx.consumer).collect();
     let message_ids: Vec<Uuid> = items.iter().map(|c| c.ctx.message_id).collect();
     let orders: Vec<Uuid> = items.iter().map(|c| c.ctx.order_id.as_uuid()).collect();
-    let reply_ids: Vec<Uuid> = items.iter().map(|c| c.reply.0).collect();
-    let kinds: Vec<&str> = items.iter().map(|c| c.reply.1.as_str()).collect();
-    let payloads: Vec<&[u8]> = items.iter().map(|c| c.reply.2.as_slice()).collect();
-    let headers: Vec<&serde_json::Value> = items.iter().map(|c| &c.reply.3).collect();
     let rows = sqlx::query(
         "WITH input AS (
-             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                  $6::bytea[], $7::jsonb[])
-               AS i(consumer, message_id, order_id, reply_id, kind, payload, headers)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[])
+               AS i(consumer, message_id, order_id)
          ), claim AS (
              INSERT INTO inventory.inbox (consumer, message_id)
              SELECT consumer, message_id FROM input
@@ -110,45 +97,22 @@ async fn commit_all(
                    FROM res JOIN inventory.reservation_lines l ON l.order_id = res.order_id
                    GROUP BY l.sku) t
              WHERE p.sku = t.sku
-         ), reply AS (
-             INSERT INTO inventory.outbox
-               (message_id, topic, message_key, message_type, payload, headers)
-             SELECT i.reply_id, $8, i.order_id::text, i.kind, i.payload, i.headers
-             FROM input i JOIN res ON res.order_id = i.order_id
-             RETURNING message_id
          )
          SELECT i.message_id,
                 EXISTS (SELECT 1 FROM claim c WHERE c.message_id = i.message_id) AS fresh,
-                EXISTS (SELECT 1 FROM res WHERE res.order_id = i.order_id) AS changed,
-                EXISTS (SELECT 1 FROM reply WHERE reply.message_id = i.reply_id) AS replied
+                EXISTS (SELECT 1 FROM res WHERE res.order_id = i.order_id) AS changed
          FROM input i",
     )
     .bind(&consumers)
     .bind(&message_ids)
     .bind(&orders)
-    .bind(&reply_ids)
-    .bind(&kinds)
-    .bind(&payloads)
-    .bind(&headers)
-    .bind(topics::INVENTORY_EVENTS)
     .fetch_all(&mut *conn)
     .await?;
     let mut answered: HashMap<Uuid, (bool, bool)> = HashMap::with_capacity(rows.len());
-    let mut replied: HashSet<Uuid> = HashSet::new();
     for r in &rows {
         let id: Uuid = r.try_get("message_id")?;
         answered.insert(id, (r.try_get("fresh")?, r.try_get("changed")?));
-        if r.try_get::<bool, _>("replied")? {
-            replied.insert(id);
-        }
     }
-    // The replies the statement wrote, in the group's order.
-    note_outbox(
-        items
-            .iter()
-            .filter(|c| replied.contains(&c.ctx.message_id))
-            .map(|c| reply_record(topics::INVENTORY_EVENTS, c.ctx.order_id.as_uuid(), &c.reply)),
-    );
     items
         .iter()
         .map(|c| match answered.get(&c.ctx.message_id) {
