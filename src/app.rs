@@ -192,9 +192,7 @@ impl App {
             s3_breaker,
             smtp_breaker,
             intakes: crate::infra::db::orders::Intakes::start(
-                writers
-                    .get(crate::infra::db::messaging::Schema::Orders)
-                    .clone(),
+                writers.intakes().clone(),
                 config.database.batch_max,
                 config.database.writers,
             ),

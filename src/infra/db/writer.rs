@@ -136,6 +136,9 @@ impl Writer {
 #[derive(Clone)]
 pub struct Writers {
     orders: Writer,
+    /// The order intakes' own tasks on the `orders` schema: an intake (one statement, its own
+    /// transaction) never queues behind a set of saga steps, so a POST waits only for its set.
+    intakes: Writer,
     inventory: Writer,
     payment: Writer,
     files: Writer,
@@ -193,7 +196,7 @@ impl Writers {
         cache_changes: Option<Arc<Notify>>,
         config: WriterConfig,
     ) -> Self {
-        let writer = |schema: Schema| {
+        let writer = |schema: Schema, name: &'static str| {
             // Reservations lock product rows one job after another: two inventory batches in
             // one process could lock the same skus in opposite orders, so inventory has a
             // single writer per process (other processes wait on the row locks).
@@ -208,17 +211,23 @@ impl Writers {
                 on_commit: on_commit.clone(),
                 cache_changes: cache_changes.clone().filter(|_| schema != Schema::Payment),
             };
-            spawn_writer(pool, schema.name(), tasks, config, Some(publish))
+            spawn_writer(pool, name, tasks, config, Some(publish))
         };
         Writers {
-            orders: writer(Schema::Orders),
-            inventory: writer(Schema::Inventory),
-            payment: writer(Schema::Payment),
-            files: writer(Schema::Files),
+            orders: writer(Schema::Orders, Schema::Orders.name()),
+            intakes: writer(Schema::Orders, "orders-intake"),
+            inventory: writer(Schema::Inventory, Schema::Inventory.name()),
+            payment: writer(Schema::Payment, Schema::Payment.name()),
+            files: writer(Schema::Files, Schema::Files.name()),
             // The notification log has no outbox: its writer only shares commits.
             notifications: spawn_writer(pool, "notifications", config.writers, config, None),
             wakers,
         }
+    }
+
+    /// The writer of the order intakes (the `orders` schema, tasks of their own).
+    pub fn intakes(&self) -> &Writer {
+        &self.intakes
     }
 
     /// The writer of the notification service's tables (no outbox).
