@@ -7,6 +7,7 @@
 //! every local server, SQL statements, Kafka messages and batch sizes per stage.
 
 pub mod measure;
+pub mod timeline;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -99,6 +100,10 @@ pub struct LoadReport {
     /// What the send window cost per completed order.
     #[serde(flatten)]
     pub costs: measure::Costs,
+    /// When the first request was due (UTC), for lining the timeline up with server logs.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The send window second by second.
+    pub timeline: Vec<timeline::Second>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +239,8 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
     let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
     let total = (opts.duration.as_secs_f64() * f64::from(opts.rate)).round() as u64;
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let seconds = Arc::new(Mutex::new(timeline::Timeline::new(started)));
     // Finished requests are reaped as the run goes: a task's memory lives until it is joined,
     // and 40,000 kept handles held ~200 MiB of this process's RSS at 2,000/s.
     let mut requests = tokio::task::JoinSet::new();
@@ -241,12 +248,13 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         while requests.try_join_next().is_some() {}
         let due = started + period.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
-        let (http, base, accepted, post_hist, errors) = (
+        let (http, base, accepted, post_hist, errors, seconds) = (
             http.clone(),
             base.clone(),
             accepted.clone(),
             post_hist.clone(),
             errors.clone(),
+            seconds.clone(),
         );
         let customer = i % u64::from(opts.customers.max(1));
         // With an address, so the notification service (in `all`) sends the order's mails.
@@ -264,6 +272,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
                 .await;
             let latency = due.elapsed();
             lock(&post_hist).saturating_record(latency.as_micros() as u64);
+            lock(&seconds).post(due, latency);
             match result {
                 Ok(resp) if resp.status().as_u16() == 201 => {
                     let at = Instant::now();
@@ -317,8 +326,14 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         }
         early.retain(|id, (ok, at)| match pending.remove(id) {
             Some(accepted_at) => {
-                terminal_hist.saturating_record(at.saturating_duration_since(accepted_at).as_micros() as u64);
-                if *ok { confirmed += 1 } else { cancelled += 1 }
+                let took = at.saturating_duration_since(accepted_at);
+                terminal_hist.saturating_record(took.as_micros() as u64);
+                lock(&seconds).finished(accepted_at, took);
+                if *ok {
+                    confirmed += 1
+                } else {
+                    cancelled += 1
+                }
                 in_window += u64::from(*at <= window_closed);
                 in_first_5s += u64::from(*at <= first_5s);
                 false
@@ -376,6 +391,8 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         in_process,
         fsync,
         costs: window_start.costs_until(&window_end, in_window),
+        started_at,
+        timeline: lock(&seconds).seconds(),
     };
     if let Some(path) = &opts.out {
         let json = serde_json::to_vec_pretty(&report).map_err(setup)?;
@@ -494,6 +511,34 @@ async fn sample_rss(max: Arc<Mutex<u64>>) {
 }
 
 impl LoadReport {
+    /// The median and the worst second's e2e p99, and the worst second's POST p99.
+    fn seconds_summary(&self) -> String {
+        let worst = |f: fn(&timeline::Second) -> f64| {
+            self.timeline
+                .iter()
+                .max_by(|a, b| f(a).total_cmp(&f(b)))
+                .map(|s| (s.second, f(s)))
+        };
+        let mut e2e: Vec<f64> = self
+            .timeline
+            .iter()
+            .filter(|s| s.finished > 0)
+            .map(|s| s.e2e_p99_ms)
+            .collect();
+        e2e.sort_by(f64::total_cmp);
+        match (
+            e2e.get(e2e.len() / 2),
+            worst(|s| s.e2e_p99_ms),
+            worst(|s| s.post_p99_ms),
+        ) {
+            (Some(median), Some((es, ev)), Some((ps, pv))) => format!(
+                "e2e p99 ms median {median:.0}, worst {ev:.0} (second {es}); \
+                 POST p99 ms worst {pv:.1} (second {ps})"
+            ),
+            _ => "n/a".to_owned(),
+        }
+    }
+
     pub fn summary(&self) -> String {
         let p = &self.post_ms;
         let t = &self.e2e_ms;
@@ -514,6 +559,7 @@ impl LoadReport {
             .map(|(k, v)| format!("{k} {v:.1}"))
             .collect();
         let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
+        let seconds = self.seconds_summary();
         format!(
             "profile {}: offered {} orders/s for {:.1} s: sent {}, accepted {} ({:.0}/s), \
              completed {:.0}/s (first 5 s {:.0}/s)\n\
@@ -524,6 +570,7 @@ impl LoadReport {
              per order                  SQL statements {}, Kafka messages {}\n\
              mean batch                 {}\n\
              mean stage ms              {}\n\
+             per second                 {}\n\
              max RSS {:.1} MiB, fsync {} ({})",
             self.profile,
             self.offered_per_s,
@@ -551,6 +598,7 @@ impl LoadReport {
             opt(c.kafka_messages_per_order),
             batches.join(", "),
             stages.join(", "),
+            seconds,
             self.rss_mib_max,
             self.fsync.as_deref().unwrap_or("unknown"),
             if self.in_process {
