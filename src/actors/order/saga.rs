@@ -1,10 +1,10 @@
 //! The order saga actor: one per in-flight order. It turns each message into a
 //! `domain::saga` event, applies the pure transition, and persists the new state with its
 //! journal entry (which also deduplicates redeliveries), outbox commands and deadline in one
-//! transaction. It rehydrates from
-//! PostgreSQL when (re)started, stops at a terminal state, and passivates when idle — its
-//! deadline lives in the database, where the timer sweeper finds it. The first step (after
-//! `OrderPlaced`) is taken by the order intake in the order's transaction ([`first_step`]).
+//! transaction. It rehydrates from PostgreSQL when (re)started, stops at a terminal state, and
+//! passivates when idle — its deadline lives in the database, where the timer sweeper finds
+//! it. The first step (after `OrderPlaced`) is taken by the order intake in the order's
+//! transaction ([`first_step`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
