@@ -122,6 +122,20 @@ pub async fn statements(pool: &sqlx::PgPool) -> Option<i64> {
     .ok()
 }
 
+/// Tuples read by sequential scans so far, per table of the current database
+/// (`pg_stat_user_tables`; `None` when it cannot be read). A table scanned whole while it
+/// grows is a plan made for an empty table (docs/performance.md).
+pub async fn seq_tuples(pool: &sqlx::PgPool) -> Option<BTreeMap<String, i64>> {
+    let rows = sqlx::query_as::<_, (String, i64)>(
+        "SELECT schemaname || '.' || relname, coalesce(seq_tup_read, 0)::bigint
+         FROM pg_stat_user_tables",
+    )
+    .fetch_all(pool)
+    .await
+    .ok()?;
+    Some(rows.into_iter().collect())
+}
+
 /// The database's `fsync` setting: results with it off are not comparable.
 pub async fn fsync(pool: &sqlx::PgPool) -> Option<String> {
     sqlx::query_scalar::<_, String>("SELECT current_setting('fsync')")
@@ -227,6 +241,14 @@ impl MetricsSnapshot {
     }
 }
 
+/// Tuples read by sequential scans between two readings, per table that had any.
+fn seq_delta(a: &BTreeMap<String, i64>, b: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    b.iter()
+        .map(|(table, n)| (table.clone(), n - a.get(table).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
 /// `value` of `label="value"` in a series' label text (`a="x",b="y"}`).
 fn label_value<'a>(labels: &'a str, label: &str) -> Option<&'a str> {
     let start = labels.find(&format!("{label}=\""))? + label.len() + 2;
@@ -252,12 +274,15 @@ pub struct Costs {
     pub batch_mean: BTreeMap<String, f64>,
     /// Mean milliseconds per stage over the window (see [`MetricsSnapshot::stage_ms_since`]).
     pub stage_mean_ms: BTreeMap<String, f64>,
+    /// Tuples read by sequential scans over the window, per table that had any.
+    pub seq_tuples_read: BTreeMap<String, i64>,
 }
 
 /// The snapshots taken at one instant.
 pub struct Snapshot {
     pub cpu: CpuSnapshot,
     pub statements: Option<i64>,
+    pub seq_tuples: Option<BTreeMap<String, i64>>,
     pub metrics: Option<MetricsSnapshot>,
 }
 
@@ -267,13 +292,14 @@ impl Snapshot {
         pool: Option<&sqlx::PgPool>,
         metrics_text: Option<String>,
     ) -> Self {
-        let statements = match pool {
-            Some(pool) => statements(pool).await,
-            None => None,
+        let (statements, seq_tuples) = match pool {
+            Some(pool) => (statements(pool).await, seq_tuples(pool).await),
+            None => (None, None),
         };
         Snapshot {
             cpu: CpuSnapshot::take(in_process),
             statements,
+            seq_tuples,
             metrics: metrics_text.as_deref().map(MetricsSnapshot::parse),
         }
     }
@@ -298,6 +324,10 @@ impl Snapshot {
             kafka_messages_per_order: messages,
             batch_mean,
             stage_mean_ms,
+            seq_tuples_read: match (&self.seq_tuples, &end.seq_tuples) {
+                (Some(a), Some(b)) => seq_delta(a, b),
+                _ => BTreeMap::new(),
+            },
         }
     }
 }
@@ -350,6 +380,21 @@ mod tests {
         assert_eq!(means.get("consumer:payment"), Some(&4.0));
         assert_eq!(means.len(), 2);
         assert_eq!(after.published_since(&before), 27.0);
+    }
+
+    #[test]
+    fn sequential_scan_tuples_are_the_growth_per_table() {
+        let a: BTreeMap<String, i64> = [("inventory.reservations".to_owned(), 10)].into();
+        let b: BTreeMap<String, i64> = [
+            ("inventory.reservations".to_owned(), 610),
+            ("inventory.products".to_owned(), 0),
+            ("orders.outbox".to_owned(), 7),
+        ]
+        .into();
+        let d = seq_delta(&a, &b);
+        assert_eq!(d.get("inventory.reservations"), Some(&600));
+        assert_eq!(d.get("orders.outbox"), Some(&7));
+        assert_eq!(d.len(), 2);
     }
 
     #[test]

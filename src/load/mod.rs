@@ -560,6 +560,13 @@ impl LoadReport {
             .collect();
         let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
         let seconds = self.seconds_summary();
+        let mut scans: Vec<(&String, &i64)> = c.seq_tuples_read.iter().collect();
+        scans.sort_by(|a, b| b.1.cmp(a.1));
+        let scans: Vec<String> = scans
+            .iter()
+            .take(4)
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
         format!(
             "profile {}: offered {} orders/s for {:.1} s: sent {}, accepted {} ({:.0}/s), \
              completed {:.0}/s (first 5 s {:.0}/s)\n\
@@ -571,6 +578,7 @@ impl LoadReport {
              mean batch                 {}\n\
              mean stage ms              {}\n\
              per second                 {}\n\
+             seq-scanned tuples         {}\n\
              max RSS {:.1} MiB, fsync {} ({})",
             self.profile,
             self.offered_per_s,
@@ -599,6 +607,11 @@ impl LoadReport {
             batches.join(", "),
             stages.join(", "),
             seconds,
+            if scans.is_empty() {
+                "none".to_owned()
+            } else {
+                scans.join(", ")
+            },
             self.rss_mib_max,
             self.fsync.as_deref().unwrap_or("unknown"),
             if self.in_process {
