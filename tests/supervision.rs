@@ -164,6 +164,19 @@ async fn ordered_shutdown_commits_every_consumed_offset() {
     )
     .await;
     assert_eq!(env.count("SELECT count(*) FROM orders.outbox").await, 0);
+    // The relay's final flush waited for the rows published on commit to be deleted: it
+    // published none of them a second time: per order a reservation and its release, and
+    // the cancel request.
+    for (topic, records) in [
+        (topics::INVENTORY_COMMANDS, 20),
+        (topics::ORDER_COMMANDS, 10),
+    ] {
+        assert_eq!(
+            support::topic_size(&env.config, topic),
+            records,
+            "records on {topic}"
+        );
+    }
     env.cleanup().await;
 }
 

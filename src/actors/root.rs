@@ -325,7 +325,8 @@ impl RootState {
         Ok(())
     }
 
-    /// Services first (they drain and commit), then the relays flush what is pending.
+    /// Services first (they drain and commit), then the rows published on commit settle,
+    /// then the relays flush what is pending.
     async fn shutdown(&mut self) {
         let children = std::mem::take(&mut self.children);
         for (child, cell) in &children {
@@ -335,6 +336,16 @@ impl RootState {
                     tracing::warn!(child = %child.kind(), "service did not drain in time");
                 }
             }
+        }
+        // Rows published on commit are deleted a moment after their acks: a flush before
+        // that would publish them a second time, after the consumers stopped.
+        if !self
+            .args
+            .writers
+            .settle_published(Duration::from_secs(10))
+            .await
+        {
+            tracing::warn!("rows published on commit not all deleted; the flush may repeat some");
         }
         for (child, cell) in &children {
             match child {

@@ -274,6 +274,9 @@ pub struct CommitPublisher {
     ack_timeout: Duration,
     pause: Duration,
     lanes: Arc<[Lane; 4]>,
+    /// Publishes handed to the producer whose rows are not deleted yet (or failed): the
+    /// relay's final flush waits for none, or it would publish them a second time.
+    unsettled: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 struct Lane {
@@ -301,9 +304,10 @@ impl CommitPublisher {
             .max_connections(3)
             .min_connections(0)
             .connect_lazy_with(options);
+        let unsettled = Arc::new(tokio::sync::watch::Sender::new(0));
         let lane = |schema: Schema| {
             let (published, rx) = mpsc::unbounded_channel();
-            tokio::spawn(delete_loop(deleters.clone(), schema, rx));
+            tokio::spawn(delete_loop(deleters.clone(), schema, rx, unsettled.clone()));
             Lane {
                 published,
                 paused_until: std::sync::Mutex::new(None),
@@ -320,7 +324,17 @@ impl CommitPublisher {
                 lane(Schema::Payment),
                 lane(Schema::Files),
             ]),
+            unsettled,
         }
+    }
+
+    /// Waits up to `timeout` until every publish handed over so far has its rows deleted
+    /// (or failed, leaving them to the relay). True when none is left.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let mut rx = self.unsettled.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn lane(&self, schema: Schema) -> &Lane {
@@ -377,17 +391,23 @@ impl CommitPublisher {
             Ok(d) => d,
             Err(e) => return self.fail(schema, &e),
         };
+        self.unsettled.send_modify(|n| *n += 1);
         let this = self.clone();
         tokio::spawn(async move {
             match acks(deliveries, this.ack_timeout).await {
                 Ok(ids) => {
                     metrics::counter!(crate::metrics::OUTBOX_PUBLISHED, "schema" => schema.name(), "via" => "commit")
                         .increment(ids.len() as u64);
-                    // The receiver is gone only when the process is stopping; the relay's
-                    // final flush publishes rows still there again.
-                    let _ = this.lane(schema).published.send(ids);
+                    // The delete task settles the publish; if it is gone (the process is
+                    // stopping), the relay's final flush publishes the rows again.
+                    if this.lane(schema).published.send(ids).is_err() {
+                        this.unsettled.send_modify(|n| *n -= 1);
+                    }
                 }
-                Err(e) => this.fail(schema, &e),
+                Err(e) => {
+                    this.fail(schema, &e);
+                    this.unsettled.send_modify(|n| *n -= 1);
+                }
             }
         });
     }
@@ -402,15 +422,20 @@ async fn delete_loop(
     pool: PgPool,
     schema: Schema,
     mut rx: mpsc::UnboundedReceiver<Vec<uuid::Uuid>>,
+    unsettled: Arc<tokio::sync::watch::Sender<usize>>,
 ) {
     while let Some(mut ids) = rx.recv().await {
+        let mut publishes = 1;
         // Acks arrive batch by batch; gathering them a moment makes one statement of many
         // publishes. The rows are long gone from the sweeper's view (it takes rows older than
         // `outbox.stale_after_ms`), so the wait costs nothing.
         tokio::time::sleep(DELETE_GATHER).await;
         while ids.len() < 10_000 {
             match rx.try_recv() {
-                Ok(more) => ids.extend(more),
+                Ok(more) => {
+                    ids.extend(more);
+                    publishes += 1;
+                }
                 Err(_) => break,
             }
         }
@@ -423,6 +448,7 @@ async fn delete_loop(
             // consumers' inboxes absorb, never a loss.
             tracing::warn!(schema = schema.name(), rows = ids.len(), error = %e, "deleting published rows failed");
         }
+        unsettled.send_modify(|n| *n -= publishes);
     }
 }
 

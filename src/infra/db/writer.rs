@@ -144,6 +144,7 @@ pub struct Writers {
     files: Writer,
     notifications: Writer,
     wakers: OutboxWakers,
+    on_commit: Option<CommitPublisher>,
 }
 
 /// Where a writer's committed outbox rows go, and who hears of its commits.
@@ -222,6 +223,7 @@ impl Writers {
             // The notification log has no outbox: its writer only shares commits.
             notifications: spawn_writer(pool, "notifications", config.writers, config, None),
             wakers,
+            on_commit,
         }
     }
 
@@ -241,6 +243,15 @@ impl Writers {
             Schema::Inventory => &self.inventory,
             Schema::Payment => &self.payment,
             Schema::Files => &self.files,
+        }
+    }
+
+    /// Waits up to `timeout` until the rows published on commit so far are deleted, so that
+    /// a relay's final flush does not publish them again. True at once without a publisher.
+    pub async fn settle_published(&self, timeout: std::time::Duration) -> bool {
+        match &self.on_commit {
+            Some(p) => p.settle(timeout).await,
+            None => true,
         }
     }
 
