@@ -613,6 +613,11 @@ async fn update_steps(
         outbox.payloads.extend_from_slice(&o.payloads);
         outbox.headers.extend_from_slice(&o.headers);
     }
+    // The plan is generic and cached for the connection's life, so it must stay right while
+    // the tables grow from empty (until their first ANALYZE the planner sees a few pages and
+    // would hash whole tables): the journal is probed per step (`OFFSET 0` keeps the
+    // `NOT EXISTS` a per-row subplan on its unique index) and the states are found by their
+    // keys (`= ANY`), never by a scan.
     let rows = sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[],
@@ -623,13 +628,14 @@ async fn update_steps(
          ), fresh AS (
              SELECT i.* FROM input i
              WHERE NOT EXISTS (SELECT 1 FROM orders.saga_journal j
-                               WHERE j.order_id = i.order_id AND j.message_id = i.message_id)
+                               WHERE j.order_id = i.order_id AND j.message_id = i.message_id
+                               OFFSET 0)
          ), upd AS (
              UPDATE orders.saga_state s
              SET status = f.status, version = s.version + 1, data = f.data,
                  deadline = f.deadline, timeout_sent = false, updated_at = now()
              FROM fresh f
-             WHERE s.order_id = f.order_id AND s.version = f.expected
+             WHERE s.order_id = ANY($1) AND s.order_id = f.order_id AND s.version = f.expected
              RETURNING s.order_id, s.version
          ), done AS (
              SELECT f.*, u.version AS new_version FROM fresh f JOIN upd u USING (order_id)

@@ -87,7 +87,7 @@ async fn commit_all(
          ), res AS (
              UPDATE inventory.reservations r SET status = 'COMMITTED', updated_at = now()
              FROM input i JOIN claim c ON c.message_id = i.message_id
-             WHERE r.order_id = i.order_id AND r.status = 'RESERVED'
+             WHERE r.order_id = ANY($3) AND r.order_id = i.order_id AND r.status = 'RESERVED'
              RETURNING r.order_id
          ), stock AS (
              UPDATE inventory.products p
