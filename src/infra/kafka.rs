@@ -46,7 +46,7 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaAdapterErro
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", config.linger_ms.to_string())
-        .set("compression.type", "lz4")
+        .set("compression.type", &config.compression)
         .set("message.timeout.ms", config.request_timeout_ms.to_string())
         .create()?)
 }
