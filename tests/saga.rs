@@ -151,20 +151,20 @@ async fn saga_steps_find_the_journal_and_states_by_key_on_a_new_database() {
     for id in &ids {
         assert_eq!(ended(&app, id).await["status"], "CONFIRMED");
     }
-    // The service's connections close with it; each flushes its statistics as it ends.
+    // The services' connections close with them; each flushes its statistics as it ends.
     app.app.shutdown().await;
     let journalled = 3 * n as i64; // the intake's entry and two steps per order
-    let (journal_scans, _) = eventually(WAIT, "the journal's statistics are flushed", || async {
-        let (scans, inserted) = scans_and_inserts(&env, "orders.saga_journal").await;
-        (inserted >= journalled).then_some((scans, inserted))
+    let (journal_scanned, _) = eventually(WAIT, "the journal's statistics are flushed", || async {
+        let (scanned, inserted) = scans_and_inserts(&env, "orders.saga_journal").await;
+        (inserted >= journalled).then_some((scanned, inserted))
     })
     .await;
-    let (state_scans, _) = scans_and_inserts(&env, "orders.saga_state").await;
+    let (state_scanned, _) = scans_and_inserts(&env, "orders.saga_state").await;
     assert_eq!(
-        journal_scans, 0,
+        journal_scanned, 0,
         "rows of orders.saga_journal read by scans"
     );
-    assert_eq!(state_scans, 0, "rows of orders.saga_state read by scans");
+    assert_eq!(state_scanned, 0, "rows of orders.saga_state read by scans");
     env.cleanup().await;
 }
 

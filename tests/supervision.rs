@@ -164,9 +164,9 @@ async fn ordered_shutdown_commits_every_consumed_offset() {
     )
     .await;
     assert_eq!(env.count("SELECT count(*) FROM orders.outbox").await, 0);
-    // The relay's final flush waited for the rows published on commit to be deleted: it
-    // published none of them a second time: per order a reservation and its release, and
-    // the cancel request.
+    // The relay's final flush waited until the rows published on commit were deleted, so it
+    // published none of them a second time. Per order: a reservation and its release on
+    // one topic, the cancel request on the other.
     for (topic, records) in [
         (topics::INVENTORY_COMMANDS, 20),
         (topics::ORDER_COMMANDS, 10),
