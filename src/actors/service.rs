@@ -340,49 +340,45 @@ async fn consume(
     mut stop: watch::Receiver<bool>,
     name: &'static str,
 ) {
+    // Resolved once: the macros look the metric up in the registry on every call.
+    let batch_records = metrics::histogram!(m::CONSUMER_BATCH_RECORDS, "service" => name);
+    let record_age = metrics::histogram!(m::CONSUMER_RECORD_AGE, "service" => name);
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
             first = consumer.recv() => {
                 let first = match first {
-                    Ok(m) => {
-                        record_age(&m, name);
-                        to_record(&m)
-                    }
+                    Ok(m) => m,
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consume error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                 };
-                let mut batch = vec![first];
+                // The rest of the batch was fetched with the first record: one clock reading
+                // dates them all.
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let arrived = |m: &rdkafka::message::BorrowedMessage<'_>| {
+                    // The producer's timestamp is taken when the record was handed to the
+                    // producer, after its transaction committed.
+                    if let Some(produced) = m.timestamp().to_millis().filter(|p| *p <= now_ms) {
+                        record_age.record((now_ms - produced) as f64 / 1_000.0);
+                    }
+                    to_record(m)
+                };
+                let mut batch = vec![arrived(&first)];
+                drop(first);
                 // Take whatever else is already fetched, without waiting.
                 while batch.len() < MAX_BATCH {
                     match consumer.recv().now_or_never() {
-                        Some(Ok(m)) => {
-                            record_age(&m, name);
-                            batch.push(to_record(&m));
-                        }
+                        Some(Ok(m)) => batch.push(arrived(&m)),
                         _ => break,
                     }
                 }
-                metrics::histogram!(m::CONSUMER_BATCH_RECORDS, "service" => name)
-                    .record(batch.len() as f64);
+                batch_records.record(batch.len() as f64);
                 if service.cast(ServiceMsg::Batch(batch)).is_err() { break; }
             }
-        }
-    }
-}
-
-/// Records how old `m` is on arrival: from its producer's timestamp (taken when the record was
-/// handed to the producer, after its transaction committed) to now.
-fn record_age(m: &rdkafka::message::BorrowedMessage<'_>, name: &'static str) {
-    if let Some(produced) = m.timestamp().to_millis() {
-        let age_ms = chrono::Utc::now().timestamp_millis() - produced;
-        if age_ms >= 0 {
-            metrics::histogram!(m::CONSUMER_RECORD_AGE, "service" => name)
-                .record(age_ms as f64 / 1_000.0);
         }
     }
 }

@@ -234,13 +234,16 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
 
     // Open model: one request per tick, each in its own task.
     let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
-    let post_hist = Arc::new(Mutex::new(new_hist()));
     let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
     let total = (opts.duration.as_secs_f64() * f64::from(opts.rate)).round() as u64;
     let started = Instant::now();
     let started_at = chrono::Utc::now();
-    let seconds = Arc::new(Mutex::new(timeline::Timeline::new(started)));
+    // The POST latencies and the timeline, under one lock: a request takes it once.
+    let latencies = Arc::new(Mutex::new(Latencies {
+        post: new_hist(),
+        timeline: timeline::Timeline::new(started),
+    }));
     // Finished requests are reaped as the run goes: a task's memory lives until it is joined,
     // and 40,000 kept handles held ~200 MiB of this process's RSS at 2,000/s.
     let mut requests = tokio::task::JoinSet::new();
@@ -248,13 +251,12 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         while requests.try_join_next().is_some() {}
         let due = started + period.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
-        let (http, base, accepted, post_hist, errors, seconds) = (
+        let (http, base, accepted, latencies, errors) = (
             http.clone(),
             base.clone(),
             accepted.clone(),
-            post_hist.clone(),
+            latencies.clone(),
             errors.clone(),
-            seconds.clone(),
         );
         let customer = i % u64::from(opts.customers.max(1));
         // With an address, so the notification service (in `all`) sends the order's mails.
@@ -271,8 +273,11 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
                 .send()
                 .await;
             let latency = due.elapsed();
-            lock(&post_hist).saturating_record(latency.as_micros() as u64);
-            lock(&seconds).post(due, latency);
+            {
+                let mut l = lock(&latencies);
+                l.post.saturating_record(latency.as_micros() as u64);
+                l.timeline.post(due, latency);
+            }
             match result {
                 Ok(resp) if resp.status().as_u16() == 201 => {
                     let at = Instant::now();
@@ -328,7 +333,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
             Some(accepted_at) => {
                 let took = at.saturating_duration_since(accepted_at);
                 terminal_hist.saturating_record(took.as_micros() as u64);
-                lock(&seconds).finished(accepted_at, took);
+                lock(&latencies).timeline.finished(accepted_at, took);
                 if *ok {
                     confirmed += 1
                 } else {
@@ -381,7 +386,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         accepted_per_s: n_accepted as f64 / sending.as_secs_f64().max(0.001),
         completed_per_s: in_window as f64 / window_s,
         first_5s_completed_per_s: in_first_5s as f64 / window_s.min(5.0),
-        post_ms: Percentiles::of(&lock(&post_hist)),
+        post_ms: Percentiles::of(&lock(&latencies).post),
         e2e_ms: Percentiles::of(&terminal_hist),
         confirmed,
         cancelled,
@@ -392,7 +397,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         fsync,
         costs: window_start.costs_until(&window_end, in_window),
         started_at,
-        timeline: lock(&seconds).seconds(),
+        timeline: lock(&latencies).timeline.seconds(),
     };
     if let Some(path) = &opts.out {
         let json = serde_json::to_vec_pretty(&report).map_err(setup)?;
@@ -437,6 +442,12 @@ async fn warm_up(
             _ => return Err(setup("the warm-up order did not finish within 120 s")),
         }
     }
+}
+
+/// What the request tasks record per request, and the outcome reader per finished order.
+struct Latencies {
+    post: Histogram<u64>,
+    timeline: timeline::Timeline,
 }
 
 fn new_hist() -> Histogram<u64> {
