@@ -377,6 +377,12 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         .saturating_duration_since(started)
         .as_secs_f64()
         .max(0.001);
+    // One guard, dropped before the report is built (a second `lock` inside the struct
+    // expression would wait for the first guard, a temporary that lives to its end).
+    let (post_ms, timeline) = {
+        let l = lock(&latencies);
+        (Percentiles::of(&l.post), l.timeline.seconds())
+    };
     let report = LoadReport {
         profile: opts.profile.clone(),
         offered_per_s: f64::from(opts.rate),
@@ -386,7 +392,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         accepted_per_s: n_accepted as f64 / sending.as_secs_f64().max(0.001),
         completed_per_s: in_window as f64 / window_s,
         first_5s_completed_per_s: in_first_5s as f64 / window_s.min(5.0),
-        post_ms: Percentiles::of(&lock(&latencies).post),
+        post_ms,
         e2e_ms: Percentiles::of(&terminal_hist),
         confirmed,
         cancelled,
@@ -397,7 +403,7 @@ pub async fn run(mut config: Config, opts: LoadOptions) -> Result<LoadReport, Lo
         fsync,
         costs: window_start.costs_until(&window_end, in_window),
         started_at,
-        timeline: lock(&latencies).timeline.seconds(),
+        timeline,
     };
     if let Some(path) = &opts.out {
         let json = serde_json::to_vec_pretty(&report).map_err(setup)?;
